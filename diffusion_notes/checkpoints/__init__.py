@@ -1,0 +1,9 @@
+"""Checkpoint files: safe reading and writing, key conventions, and weight-layout conversions.
+
+``io`` reads any safetensors or ``torch.save`` file without running code from it and writes
+safetensors atomically; ``openclip`` converts OpenCLIP text towers (SD 2.x, SDXL) to and from the
+transformers CLIP layout.
+"""
+
+from .io import CheckpointError, load_state_dict, pick_ema, save_state_dict, split_by_prefix
+from .openclip import openclip_text_config, openclip_to_transformers, transformers_to_openclip

@@ -1,0 +1,381 @@
+r"""Reading and writing checkpoint files without ever running code from them.
+
+A Stable Diffusion checkpoint arrives in one of three containers, and the file's **first bytes**
+decide which reader opens it (names can lie: a ``.ckpt`` may hold safetensors bytes, a
+``.safetensors`` a pickle):
+
+* ``<u64 n>{``: **safetensors**, an 8-byte little-endian header length ``n``, a JSON header
+  naming each tensor's dtype, shape and byte range, then the raw bytes. Read memory-mapped by
+  ``safetensors``.
+* ``PK\x03\x04``: a **torch.save zip archive** (``.ckpt``, ``.pt``, ``.bin`` since PyTorch 1.6).
+  Read memory-mapped by ``torch.load``.
+* ``\x80``: a **legacy torch.save pickle** (PyTorch < 1.6). Read by ``torch.load``.
+
+The safety policy
+-----------------
+Pickles are programs: unpickling can call any importable function (``os.system`` included).
+Every pickle is therefore read with ``torch.load(weights_only=True)``, PyTorch's restricted
+unpickler that builds only tensors and plain containers, and never with ``weights_only=False``.
+A file that needs anything more is refused with a :class:`CheckpointError`; nothing in it runs.
+The one addition to PyTorch's allow-list is an empty placeholder for PyTorch Lightning's
+``ModelCheckpoint`` class, which CompVis training checkpoints (``sd-v1-4.ckpt`` and kin) use as a
+dictionary key under ``"callbacks"``; the placeholder has no methods, so allowing it runs nothing.
+
+A pickle named ``.safetensors`` is still read, through the same guarded pickle reader, with a
+warning that the extension is wrong: the content, not the name, decides how a file is opened, and
+the guarded reader is as safe for it as for any ``.ckpt``.
+
+Counterparts: ``diffusers.models.model_loading_utils.load_state_dict`` (chooses by extension),
+CompVis ``ldm/util.py`` / ``scripts/txt2img.py`` ``load_model_from_config`` (``torch.load`` with
+full unpickling and ``pl_sd["state_dict"]``), ``safetensors.torch.load_file``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+import tempfile
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+__all__ = ["CheckpointError", "load_state_dict", "save_state_dict", "split_by_prefix", "pick_ema"]
+
+_ACCEPTED = "safetensors, a torch.save zip checkpoint (.ckpt/.pt/.bin) or a legacy torch.save pickle"
+_LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80
+_SAFETENSORS_MAX_HEADER = 100_000_000  # the limit the safetensors library itself enforces
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used as given; the message names the file, the problem and the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def load_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """The flat ``{name: tensor}`` dict stored in a checkpoint file, whatever its container.
+
+    The reader is chosen from the file's first bytes (see the module docstring). A CompVis
+    ``{"state_dict": {...}, "global_step": ...}`` wrapper is unwrapped and the non-tensor
+    bookkeeping dropped. Safetensors and zip checkpoints are memory-mapped, so tensors are paged
+    in from disk as they are used rather than copied up front.
+
+    Raises :class:`CheckpointError` for a missing path, a folder, an empty file, a git-LFS pointer,
+    a truncated file, a pickle that contains code, a file that is not a checkpoint, a checkpoint
+    that holds no tensors, or a ``device`` this machine does not have.
+    """
+    path = Path(path)
+    kind = _sniff(path)
+    device = _usable_device(device, path)
+    if kind == "safetensors":
+        _check_safetensors_size(path)
+        return _read_safetensors(path, device)
+    if path.suffix == ".safetensors":
+        warnings.warn(
+            f"{path}: named .safetensors but is a torch pickle; read with the weights-only loader. "
+            "Rename it to .ckpt, or re-save it with save_state_dict to get a real safetensors file.",
+            stacklevel=2,
+        )
+    return _unwrap_state_dict(_read_pickle(path, device, zipped=kind == "zip"), path)
+
+
+def _sniff(path: Path) -> str:
+    """``"safetensors"``, ``"zip"`` or ``"pickle"``, from the first bytes; CheckpointError otherwise."""
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file; check the path (relative paths start at {Path.cwd()}).")
+    if path.is_dir():
+        raise CheckpointError(
+            f"{path}: this is a folder, not a checkpoint file: "
+            "use StableDiffusion.from_pretrained for diffusers folders."
+        )
+    with open(path, "rb") as f:
+        head = f.read(len(_LFS_POINTER))
+    if not head:
+        raise CheckpointError(f"{path}: the file is empty (0 bytes); the download or copy failed, fetch it again.")
+    if head.startswith(_LFS_POINTER):
+        raise CheckpointError(
+            f"{path}: this is a git-LFS pointer, not the weights; run `git lfs pull` in the cloned repository."
+        )
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    if head[0] == _PICKLE_PROTO:
+        return "pickle"
+    if len(head) > 8 and head[8:9] == b"{":
+        return "safetensors"
+    raise CheckpointError(f"{path}: not a checkpoint ({_describe(head)}); accepted formats: {_ACCEPTED}.")
+
+
+def _usable_device(device: str | torch.device, path: Path) -> torch.device:
+    # Checked up front so a missing GPU is not reported later as a damaged file by the readers.
+    try:
+        device = torch.device(device)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{path}: device={device!r} is not a torch device; use e.g. 'cpu' or 'cuda'.") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CheckpointError(f"{path}: device={str(device)!r} asked for, but CUDA is not available; use device='cpu'.")
+    return device
+
+
+def _describe(head: bytes) -> str:
+    # A short guess at what the file is, because "not a checkpoint" alone does not tell the user what went wrong.
+    if head.startswith(b"\x89PNG") or head.startswith(b"\xff\xd8\xff"):
+        return "it is an image"
+    if head.lstrip().startswith(b"<"):
+        return "it is an HTML/XML page, probably an error page saved by a failed download"
+    if head.lstrip().startswith(b"{"):
+        return "it is JSON text; config files belong next to the weights, not in place of them"
+    return "unrecognised first bytes"
+
+
+def _check_safetensors_size(path: Path) -> None:
+    """Refuse a safetensors file whose header or tensor data runs past the end of the file.
+
+    Checked before reading because a memory-mapped truncated file fails late and obscurely
+    (a bus error or a shape error deep inside a model), not at load time.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        (header_len,) = struct.unpack("<Q", f.read(8))
+        if header_len > _SAFETENSORS_MAX_HEADER or 8 + header_len > size:
+            raise _truncated(path, f"its header claims {header_len} bytes but the file has {size}")
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise _truncated(path, "its JSON header is malformed") from exc
+    data_size = size - 8 - header_len
+    try:
+        tensors = [info for name, info in header.items() if name != "__metadata__"]
+        data_end = max((info["data_offsets"][1] for info in tensors), default=0)
+    except (AttributeError, KeyError, IndexError, TypeError) as exc:
+        raise _truncated(path, "its header lacks data_offsets") from exc
+    if data_end > data_size:
+        raise _truncated(path, f"its tensors need {data_end} data bytes but only {data_size} are present")
+
+
+def _truncated(path: Path, why: str) -> CheckpointError:
+    return CheckpointError(f"{path}: truncated or corrupt safetensors file ({why}); download it again.")
+
+
+def _read_safetensors(path: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
+    try:
+        return safetensors.torch.load_file(path, device=str(device))
+    except Exception as exc:  # the size check passed, so this is a damaged header or dtype table
+        raise CheckpointError(f"{path}: unreadable safetensors file ({_first_line(exc)}); download it again.") from exc
+
+
+# A data-only stand-in for pytorch_lightning's ModelCheckpoint (see the module docstring).
+_LightningModelCheckpoint = type("ModelCheckpoint", (), {"__module__": "pytorch_lightning.callbacks.model_checkpoint"})
+
+
+def _read_pickle(path: Path, device: str | torch.device, *, zipped: bool) -> object:
+    """``torch.load`` with PyTorch's weights-only unpickler; its refusals become CheckpointErrors."""
+    try:
+        with torch.serialization.safe_globals([_LightningModelCheckpoint]):
+            if path.suffix == ".safetensors":
+                # torch.load sends any path named .safetensors to the safetensors reader; a file
+                # handle bypasses that dispatch (at the cost of mmap, which needs a path).
+                with open(path, "rb") as f:
+                    return torch.load(f, map_location=device, weights_only=True)
+            # mmap needs the zip layout, where each tensor's bytes are a separate aligned record.
+            return torch.load(path, map_location=device, weights_only=True, mmap=zipped)
+    except Exception as exc:
+        raise _explain_pickle_failure(path, exc) from exc
+
+
+def _explain_pickle_failure(path: Path, exc: Exception) -> CheckpointError:
+    """One line for a failed ``torch.load``: a weights-only refusal names the globals it refused."""
+    message = str(exc)
+    if "Weights only load failed" in message:
+        names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", message))) or ["a non-weight object"]
+        return CheckpointError(
+            f"{path}: refused: the pickle contains code or objects other than weights ({', '.join(names)}); "
+            "it was NOT executed. If you trust its source, convert it to .safetensors with a trusted tool "
+            "in an isolated environment and load that file instead."
+        )
+    return CheckpointError(
+        f"{path}: truncated, corrupt or not written by torch.save ({_first_line(exc)}); download it again."
+    )
+
+
+def _first_line(exc: Exception) -> str:
+    # Library errors can span many lines; CheckpointError messages stay on one.
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0] if lines else 'no message'}"
+
+
+def _unwrap_state_dict(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded pickle, looking inside CompVis/Lightning's ``"state_dict"`` wrapper."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        obj = obj["state_dict"]
+    if not isinstance(obj, Mapping):
+        raise CheckpointError(
+            f"{path}: holds a {type(obj).__name__}, not a dict of tensors; save model.state_dict(), not the object."
+        )
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+    if not tensors:
+        keys = ", ".join(map(str, list(obj)[:5])) or "none"
+        raise CheckpointError(
+            f"{path}: loads but holds no tensors (top-level keys: {keys}); it is not a model checkpoint."
+        )
+    return tensors
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def save_state_dict(
+    state_dict: Mapping[str, torch.Tensor],
+    path: str | os.PathLike,
+    *,
+    metadata: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+) -> None:
+    """Write ``state_dict`` as a ``.safetensors`` file, atomically.
+
+    The bytes go to a temporary file in the destination folder, which is renamed over ``path``
+    only once complete (``os.replace`` is atomic within one filesystem): an interrupted save leaves
+    no half-written file and never damages an existing one. ``overwrite=False`` refuses an existing
+    ``path``. Tensors are moved to CPU and made contiguous; tensors that share memory (tied weights,
+    or q/k/v views of one fused matrix) are cloned, because safetensors stores each tensor's bytes
+    once and refuses aliases (``safetensors.torch.save_model`` drops them instead; cloning keeps
+    every name). ``metadata`` is stored as safetensors' ``__metadata__`` string table.
+    """
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise CheckpointError(f"{path}: save_state_dict writes safetensors; give the file a .safetensors name.")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder; give the path of the .safetensors file to write.")
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path}: already exists; pass overwrite=True to replace it, or choose another name.")
+    tensors = _safetensors_ready(state_dict, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        safetensors.torch.save_file(tensors, tmp, metadata=_string_metadata(metadata, path))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _safetensors_ready(state_dict: Mapping[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors, no two of which share memory."""
+    ready, seen_storages = {}, set()
+    for name, tensor in state_dict.items():
+        if not isinstance(name, str) or not isinstance(tensor, torch.Tensor):
+            raise CheckpointError(
+                f"{path}: entry {name!r} is a {type(tensor).__name__}; safetensors stores only str -> tensor."
+            )
+        tensor = tensor.detach().to("cpu").contiguous()
+        storage = tensor.untyped_storage().data_ptr()
+        if storage in seen_storages and tensor.numel():
+            tensor = tensor.clone()
+        seen_storages.add(tensor.untyped_storage().data_ptr())
+        ready[name] = tensor
+    return ready
+
+
+def _string_metadata(metadata: Mapping[str, str] | None, path: Path) -> dict[str, str] | None:
+    if metadata is None:
+        return None
+    bad = [k for k, v in metadata.items() if not (isinstance(k, str) and isinstance(v, str))]
+    if bad:
+        raise CheckpointError(f"{path}: metadata must map str to str (bad entries: {bad}); json.dumps other values.")
+    return dict(metadata)
+
+
+# --------------------------------------------------------------------------------------------
+# Key conventions of single-file checkpoints
+# --------------------------------------------------------------------------------------------
+
+
+def split_by_prefix(
+    state_dict: Mapping[str, torch.Tensor], prefixes: Iterable[str]
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Group a single-file checkpoint into its sub-models, stripping each sub-model's prefix.
+
+    ``split_by_prefix(sd, ["model.diffusion_model.", "first_stage_model.", "cond_stage_model."])``
+    gives ``{"model.diffusion_model.": {unet keys}, "first_stage_model.": {vae keys}, ...}``. SDXL
+    uses ``conditioner.embedders.0.`` (CLIP ViT-L) and ``conditioner.embedders.1.`` (OpenCLIP bigG)
+    for its text encoders. A key goes to its longest matching prefix, so nested prefixes such as
+    ``model.`` and ``model.diffusion_model.`` do not share keys; keys matching no prefix are left
+    out, and a prefix with no keys maps to an empty dict. Tensors are not copied.
+    """
+    prefixes = list(prefixes)
+    groups: dict[str, dict[str, torch.Tensor]] = {prefix: {} for prefix in prefixes}
+    by_length = sorted(prefixes, key=len, reverse=True)
+    for key, tensor in state_dict.items():
+        prefix = next((p for p in by_length if key.startswith(p)), None)
+        if prefix is not None:
+            groups[prefix][key[len(prefix) :]] = tensor
+    return groups
+
+
+_UNET_PREFIX = "model.diffusion_model."
+_EMA_PREFIX = "model_ema."
+_EMA_BOOKKEEPING = {"model_ema.decay", "model_ema.num_updates"}
+
+
+def pick_ema(state_dict: Mapping[str, torch.Tensor], use_ema: bool = False) -> dict[str, torch.Tensor]:
+    """Choose between a CompVis checkpoint's raw and EMA UNet weights; return a dict without EMA keys.
+
+    CompVis ``LitEma`` (``ldm/modules/ema.py``) keeps an exponential moving average of every
+    trainable parameter of ``model`` (the ``DiffusionWrapper``) as a buffer whose name is the
+    parameter name with its dots removed: ``model.diffusion_model.input_blocks.0.0.weight`` has the
+    EMA copy ``model_ema.diffusion_modelinput_blocks00weight``, beside ``model_ema.decay`` and
+    ``model_ema.num_updates``. diffusers' ``convert_ldm_unet_checkpoint(extract_ema=True)`` reads the
+    same names.
+
+    * ``use_ema=False`` (the default) keeps ``model.diffusion_model.*`` as stored. The released SD
+      checkpoints (``v1-5-pruned-emaonly``, ``v2-1_768-ema-pruned``, SDXL base) already hold the EMA
+      weights there and carry no ``model_ema.*`` keys, so this is the right choice for them.
+    * ``use_ema=True`` overwrites each ``model.diffusion_model.*`` parameter with its EMA copy;
+      buffers, which LitEma does not average, keep their stored values. A checkpoint without EMA
+      weights raises :class:`CheckpointError`.
+    """
+    ema = {k: v for k, v in state_dict.items() if k.startswith(_EMA_PREFIX) and k not in _EMA_BOOKKEEPING}
+    picked = {k: v for k, v in state_dict.items() if not k.startswith(_EMA_PREFIX)}
+    if not use_ema:
+        return picked
+    if not ema:
+        raise CheckpointError(
+            "use_ema=True but the checkpoint has no model_ema.* weights; released SD checkpoints already store "
+            "their EMA weights in model.diffusion_model.*, so load them with use_ema=False."
+        )
+    unet_keys = [k for k in picked if k.startswith(_UNET_PREFIX)]
+    flat_to_key = _ema_names(unet_keys)
+    unmatched = sorted(set(ema) - set(flat_to_key))
+    if unmatched:
+        raise CheckpointError(
+            f"{len(unmatched)} model_ema.* weights (e.g. {unmatched[0]}) match no model.diffusion_model.* key; "
+            "the EMA and model weights come from different networks, so load with use_ema=False."
+        )
+    for flat, key in flat_to_key.items():
+        if flat in ema:
+            picked[key] = ema[flat]
+    return picked
+
+
+def _ema_names(unet_keys: Iterable[str]) -> dict[str, str]:
+    """LitEma's dotless buffer name for each ``model.diffusion_model.*`` key (``model.`` is LitEma's root)."""
+    names: dict[str, str] = {}
+    for key in unet_keys:
+        flat = _EMA_PREFIX + key[len("model.") :].replace(".", "")
+        if flat in names:
+            # LitEma itself would have stored both parameters under one buffer, so neither is recoverable.
+            raise CheckpointError(f"{names[flat]} and {key} share the EMA name {flat}; the EMA weights are ambiguous.")
+        names[flat] = key
+    return names
