@@ -10,7 +10,7 @@ spacing           timesteps (ascending)                                   used b
 ``"uniform"``     ``range(0, T, T // S) + 1``                             CompVis ``make_ddim_timesteps``
 ``"quad"``        ``int(linspace(0, sqrt(0.8 T), S) ** 2) + 1``           CompVis (``ddim_discretize="quad"``)
 ``"leading"``     ``arange(S) * (T // S) + steps_offset``                 diffusers; SD configs set steps_offset=1
-``"trailing"``    ``round(arange(T, 0, -T / S)) - 1``                     diffusers (Lin et al. 2023, Table 2)
+``"trailing"``    ``round(arange(T, 0, -T / S))[:S] - 1``                 diffusers (Lin et al. 2023, Table 2)
 ``"linspace"``    ``round(linspace(0, T - 1, S))``                        diffusers
 ================  =====================================================  ===========================
 
@@ -21,6 +21,8 @@ that names the step counts and spacings which work.
 """
 
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import torch
@@ -52,7 +54,9 @@ def make_timesteps(num_steps: int, num_train_timesteps: int = 1000, spacing: str
     elif spacing == "leading":
         timesteps = (np.arange(0, S) * (T // S)).round() + steps_offset
     elif spacing == "trailing":
-        timesteps = np.round(np.arange(T, 0, -T / S))[::-1] - 1
+        # diffusers' expression; [:S] drops the extra element that float round-off adds for 62 step
+        # counts (S = 61, 103, ...), which diffusers turns into timestep -1 (silently alphas_cumprod[-1]).
+        timesteps = np.round(np.arange(T, 0, -T / S))[:S][::-1] - 1
     elif spacing == "linspace":
         timesteps = np.linspace(0, T - 1, S).round()
     else:
@@ -63,10 +67,15 @@ def make_timesteps(num_steps: int, num_train_timesteps: int = 1000, spacing: str
     return timesteps
 
 
+@functools.lru_cache(maxsize=8)
+def _uniform_step_counts_that_fit(T: int) -> tuple[int, ...]:
+    # counts that stay inside the schedule and also give exactly s steps (range() keeps no remainder)
+    return tuple(s for s in range(1, T + 1) if _uniform(s, T).max() < T and len(_uniform(s, T)) == s)
+
+
 def _out_of_range_message(S: int, T: int, spacing: str, steps_offset: int, t_max: int) -> str:
     if spacing == "uniform":
-        working = [s for s in range(1, T + 1) if _uniform(s, T).max() < T]
-        nearest = min(working, key=lambda s: abs(s - S))
+        nearest = min(_uniform_step_counts_that_fit(T), key=lambda s: abs(s - S))
         return (
             f"CompVis 'uniform' spacing with {S} steps would visit timestep {t_max} (range(0, {T}, {T // S}) + 1), "
             f"past the end of the {T}-step schedule (CompVis fails here with an IndexError); use {nearest} steps, "
