@@ -57,3 +57,13 @@ def test_demo_command_writes_its_figure(tmp_path):
 def test_cli_usage_and_unknown_command(capsys):
     assert cli_main([]) == 0 and "demo" in capsys.readouterr().out
     assert cli_main(["paint"]) == 2 and "unknown command" in capsys.readouterr().err
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```bash\n(.*?)\n```", readme, re.S)
+    assert len(blocks) == 2, "the README gives exactly two commands"
+    demo_command, test_command = blocks
+    assert "diffusion_notes demo" in demo_command and "pytest" in test_command
+    ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
+    assert test_command in ci_lines
