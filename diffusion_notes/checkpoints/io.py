@@ -108,10 +108,11 @@ def _sniff(path: Path) -> str:
         )
     if head.startswith(_ZIP_MAGIC):
         return "zip"
-    if head[0] == _PICKLE_PROTO:
-        return "pickle"
+    # Before the pickle test: a safetensors header length can itself start with the byte 0x80.
     if len(head) > 8 and head[8:9] == b"{":
         return "safetensors"
+    if head[0] == _PICKLE_PROTO:
+        return "pickle"
     raise CheckpointError(f"{path}: not a checkpoint ({_describe(head)}); accepted formats: {_ACCEPTED}.")
 
 

@@ -323,3 +323,17 @@ def test_load_straight_onto_the_gpu(tmp_path, name):
     loaded = load_state_dict(path, device="cuda")
     assert all(t.is_cuda for t in loaded.values())
     _assert_same({k: v.cpu() for k, v in loaded.items()}, _weights())
+
+
+def test_safetensors_whose_header_length_starts_with_the_pickle_byte(tmp_path):
+    """A 128-byte (0x80) header: the first byte equals pickle's PROTO opcode, yet the file is safetensors."""
+    import json
+    import struct
+
+    data = torch.arange(4, dtype=torch.float32)
+    header = json.dumps({"w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}}).encode()
+    header = header + b" " * (128 - len(header))
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(header)) + header + data.numpy().tobytes())
+    assert path.read_bytes()[0] == 0x80
+    assert torch.equal(load_state_dict(path)["w"], data)

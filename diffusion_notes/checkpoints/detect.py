@@ -1,0 +1,205 @@
+"""Which Stable Diffusion an original (CompVis-layout) checkpoint holds, read from its tensor shapes.
+
+Shapes give almost everything: channel widths and levels (``input_blocks``), transformer depths,
+the context width (``attn2.to_k``: 768 SD 1.x, 1024 SD 2.x, 2048 SDXL), 4 vs 9 input channels
+(inpainting), ``label_emb`` (SDXL). The family is named by the text encoder's key layout. Four
+things are *not* in the weights and follow each family's released configuration unless an
+original YAML says otherwise:
+
+* attention heads (SD 1.x: ``num_heads=8``; SD 2.x/XL: ``num_head_channels=64``);
+* CLIP heads (64 channels per head) and activation (OpenAI CLIP ``quick_gelu``, OpenCLIP ``gelu``);
+* the parameterisation: eps, except where the YAML says ``parameterization: "v"`` (SD 2.x 768-v);
+* ``scale_factor`` (0.18215 SD 1/2, 0.13025 SDXL).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..models.config import AutoencoderConfig, UNetConfig, unet_preset
+from .io import CheckpointError
+
+__all__ = ["UNET_PREFIX", "VAE_PREFIX", "TEXT_PREFIXES", "Architecture", "detect_family", "detect_architecture",
+           "strip_prefix", "unet_config_from_state_dict", "vae_config_from_state_dict", "clip_config_kwargs",
+           "OriginalConfig", "read_original_yaml", "apply_yaml_unet"]
+
+UNET_PREFIX = "model.diffusion_model."
+VAE_PREFIX = "first_stage_model."
+#: Where each family keeps its text encoder(s): transformers layout (``.transformer.``) or open_clip (``.model.``).
+TEXT_PREFIXES = {
+    "sd1": ("cond_stage_model.transformer.",),
+    "sd2": ("cond_stage_model.model.",),
+    "sdxl": ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."),
+}
+_CONTEXT_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    family: str
+    unet: UNetConfig
+    vae: AutoencoderConfig
+
+
+def strip_prefix(state_dict: dict, prefix: str) -> dict:
+    """The entries under ``prefix``, with it removed."""
+    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+
+def _indices(keys, pattern: str) -> list[int]:
+    """Sorted distinct integers captured by ``pattern`` (one group) in ``keys``."""
+    return sorted({int(m.group(1)) for k in keys if (m := re.match(pattern, k))})
+
+
+def detect_family(state_dict: dict) -> str:
+    """"sd1", "sd2" or "sdxl" from the text-encoder key layout (then from the context width)."""
+    for family in ("sdxl", "sd2", "sd1"):
+        if all(any(k.startswith(p) for k in state_dict) for p in TEXT_PREFIXES[family]):
+            return family
+    unet = strip_prefix(state_dict, UNET_PREFIX)
+    if not unet:
+        raise CheckpointError(f"unsupported checkpoint: no UNet tensors under {UNET_PREFIX!r}; "
+                              "this is not an original Stable Diffusion 1.x/2.x/XL checkpoint.")
+    width = _context_dim(unet)
+    if width not in _CONTEXT_WIDTHS:
+        raise CheckpointError(f"unsupported architecture: no known text encoder keys and a context width of {width} "
+                              f"(known: {sorted(_CONTEXT_WIDTHS)}); only Stable Diffusion 1.x/2.x/XL are supported.")
+    return _CONTEXT_WIDTHS[width]
+
+
+def _context_dim(unet: dict) -> int:
+    widths = {v.shape[1] for k, v in unet.items() if k.endswith("attn2.to_k.weight")}
+    if len(widths) != 1:
+        raise CheckpointError(f"unsupported architecture: the UNet's cross-attention widths are {sorted(widths)}; "
+                              "expected exactly one context width.")
+    return widths.pop()
+
+
+def _depth(unet: dict, block: str) -> int:
+    return len(_indices(unet, re.escape(block) + r"\.1\.transformer_blocks\.(\d+)\."))
+
+
+def _levels(unet: dict) -> list[list[str]]:
+    """The input ResBlock names of each resolution level (levels end at a Downsample)."""
+    levels, current = [], []
+    for i in _indices(unet, r"input_blocks\.(\d+)\.")[1:]:
+        if f"input_blocks.{i}.0.op.weight" in unet:
+            levels.append(current)
+            current = []
+        else:
+            current.append(f"input_blocks.{i}")
+    return levels + [current]
+
+
+def unet_config_from_state_dict(unet: dict, family: str, pooled_dim: int | None = None) -> UNetConfig:
+    """``UNetConfig`` from CompVis UNet tensors (prefix stripped) plus ``family``'s invisible settings."""
+    conv_in = unet["input_blocks.0.0.weight"]
+    levels = _levels(unet)
+    if len({len(level) for level in levels}) != 1:
+        raise CheckpointError("unsupported architecture: levels with different numbers of ResBlocks.")
+    depths = []
+    for level in levels:
+        level_depths = {_depth(unet, block) for block in level}
+        if len(level_depths) != 1:
+            raise CheckpointError("unsupported architecture: different transformer depths within one level.")
+        depths.append(level_depths.pop())
+    model_channels = conv_in.shape[0]
+    widths = [unet[f"{level[0]}.0.in_layers.2.weight"].shape[0] for level in levels]
+    adm = unet["label_emb.0.0.weight"].shape[1] if "label_emb.0.0.weight" in unet else None
+    return unet_preset(
+        family, in_channels=conv_in.shape[1], out_channels=unet["out.2.weight"].shape[0],
+        model_channels=model_channels, channel_mult=tuple(w // model_channels for w in widths),
+        num_res_blocks=len(levels[0]), transformer_depth=tuple(depths),
+        transformer_depth_middle=_depth(unet, "middle_block"), context_dim=_context_dim(unet),
+        use_linear_in_transformer=any(v.ndim == 2 for k, v in unet.items() if k.endswith("proj_in.weight")),
+        adm_in_channels=adm,
+        addition_time_embed_dim=(adm - pooled_dim) // 6 if adm and pooled_dim else 256,
+    )
+
+
+def vae_config_from_state_dict(vae: dict) -> AutoencoderConfig:
+    """``AutoencoderConfig`` from CompVis ``first_stage_model`` tensors (prefix stripped)."""
+    ch = vae["encoder.conv_in.weight"].shape[0]
+    levels = _indices(vae, r"encoder\.down\.(\d+)\.")
+    return AutoencoderConfig(
+        in_channels=vae["encoder.conv_in.weight"].shape[1], out_ch=vae["decoder.conv_out.weight"].shape[0], ch=ch,
+        ch_mult=tuple(vae[f"encoder.down.{i}.block.0.conv2.weight"].shape[0] // ch for i in levels),
+        num_res_blocks=len(_indices(vae, r"encoder\.down\.0\.block\.(\d+)\.")),
+        z_channels=vae["decoder.conv_in.weight"].shape[1], embed_dim=vae["quant_conv.weight"].shape[0] // 2,
+    )
+
+
+def clip_config_kwargs(text: dict, hidden_act: str) -> dict:
+    """``CLIPTextConfig`` arguments from transformers-layout CLIP tensors (``text_model.`` prefix optional)."""
+    text = {k.removeprefix("text_model."): v for k, v in text.items()}
+    hidden = text["embeddings.token_embedding.weight"].shape[1]
+    kwargs = dict(
+        vocab_size=text["embeddings.token_embedding.weight"].shape[0], hidden_size=hidden,
+        max_position_embeddings=text["embeddings.position_embedding.weight"].shape[0],
+        num_hidden_layers=len(_indices(text, r"encoder\.layers\.(\d+)\.")),
+        intermediate_size=text["encoder.layers.0.mlp.fc1.weight"].shape[0],
+        num_attention_heads=max(1, hidden // 64),  # every released CLIP text tower has 64-channel heads
+        hidden_act=hidden_act,
+    )
+    if "text_projection.weight" in text:
+        kwargs["projection_dim"] = text["text_projection.weight"].shape[0]
+    return kwargs
+
+
+def detect_architecture(state_dict: dict) -> Architecture:
+    """Family, UNet and VAE configuration of a full original checkpoint."""
+    family = detect_family(state_dict)
+    unet = strip_prefix(state_dict, UNET_PREFIX)
+    vae = strip_prefix(state_dict, VAE_PREFIX)
+    if not unet or not vae:
+        missing = UNET_PREFIX if not unet else VAE_PREFIX
+        raise CheckpointError(f"incomplete checkpoint: no tensors under {missing!r}; a full Stable Diffusion "
+                              "checkpoint holds the UNet, the VAE and the text encoder(s).")
+    projection = state_dict.get("conditioner.embedders.1.model.text_projection")
+    pooled_dim = projection.shape[1] if projection is not None else None
+    return Architecture(family, unet_config_from_state_dict(unet, family, pooled_dim), vae_config_from_state_dict(vae))
+
+
+# --------------------------------------------------------------------------------------------
+# Original YAML (v1-inference.yaml, v2-inference-v.yaml, sd_xl_base.yaml)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OriginalConfig:
+    """What an original YAML adds to the weights: heads, parameterisation, latent scale, schedule."""
+
+    prediction_type: str = "eps"
+    scale_factor: float | None = None
+    linear_start: float = 0.00085
+    linear_end: float = 0.012
+    timesteps: int = 1000
+    unet_params: dict | None = None
+
+
+def read_original_yaml(path) -> OriginalConfig:
+    """Parse a CompVis / sgm inference YAML (``model.params``)."""
+    import yaml
+
+    params = (yaml.safe_load(Path(path).read_text()) or {}).get("model", {}).get("params", {})
+    unet = (params.get("unet_config") or params.get("network_config") or {}).get("params")
+    return OriginalConfig(
+        prediction_type="v" if params.get("parameterization") == "v" else "eps",
+        scale_factor=params.get("scale_factor"), linear_start=params.get("linear_start", 0.00085),
+        linear_end=params.get("linear_end", 0.012), timesteps=params.get("timesteps", 1000), unet_params=unet,
+    )
+
+
+def apply_yaml_unet(config: UNetConfig, unet_params: dict | None, path) -> UNetConfig:
+    """The heads settings of a YAML ``unet_config``, after checking it describes these weights."""
+    if not unet_params:
+        return config
+    for key in ("in_channels", "model_channels", "context_dim", "num_res_blocks"):
+        if key in unet_params and unet_params[key] != getattr(config, key):
+            raise CheckpointError(f"{path}: {key}={unet_params[key]} but the weights have {getattr(config, key)}; "
+                                  "this YAML describes another model.")
+    return replace(config, num_heads=unet_params.get("num_heads", -1),
+                   num_head_channels=unet_params.get("num_head_channels", -1))
+
