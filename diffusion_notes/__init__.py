@@ -19,3 +19,12 @@ from .losses import p_losses, training_target
 from .schedules import NoiseSchedule, make_beta_schedule
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # Lazy: the Stable Diffusion engine imports transformers (seconds); the math core should not pay for it.
+    if name == "StableDiffusion":
+        from .stable_diffusion import StableDiffusion
+
+        return StableDiffusion
+    raise AttributeError(f"module 'diffusion_notes' has no attribute {name!r}")
