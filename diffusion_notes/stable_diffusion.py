@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from . import pipeline
 from .checkpoints import diffusers_layout as layout
 from .checkpoints import detect
 from .checkpoints.io import CheckpointError, load_state_dict, pick_ema, save_state_dict
@@ -283,6 +284,20 @@ class StableDiffusion(nn.Module):
     def encode_image(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Image in [-1, 1] -> diffusion-model latents ``scale_factor * z``, ``z ~ q(z|x)``."""
         return self.scale_factor * self.vae.encode(image.to(self.device, self.dtype)).sample(generator)
+
+    # -- generation (diffusion_notes/pipeline.py) ---------------------------------------------
+
+    def txt2img(self, *args, **kwargs):
+        """Text-to-image; see :func:`diffusion_notes.pipeline.txt2img` for the arguments."""
+        return pipeline.txt2img(self, *args, **kwargs)
+
+    def img2img(self, *args, **kwargs):
+        """Image-to-image; see :func:`diffusion_notes.pipeline.img2img` for the arguments."""
+        return pipeline.img2img(self, *args, **kwargs)
+
+    def inpaint(self, *args, **kwargs):
+        """Inpainting; see :func:`diffusion_notes.pipeline.inpaint` for the arguments."""
+        return pipeline.inpaint(self, *args, **kwargs)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Diffusion-model latents -> image in [-1, 1] (not clamped)."""

@@ -68,25 +68,34 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    """Nearest-neighbour 2x upsampling, then a 3x3 convolution."""
+    """Nearest-neighbour upsampling to ``size`` (2x when not given), then a 3x3 convolution.
+
+    The size is the next skip connection's: a side of 2k+1 goes down to k+1 and must come back to
+    2k+1, not 2k+2. CompVis always doubles (so its UNet needs latent sides divisible by 2^levels);
+    diffusers resizes to the skip, which lets any multiple of 8 pixels through. Same result otherwise.
+    """
 
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+    def forward(self, x: torch.Tensor, size=None) -> torch.Tensor:
+        if size is None:
+            return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        return self.conv(F.interpolate(x, size=tuple(size), mode="nearest"))
 
 
 class TimestepEmbedSequential(nn.Sequential):
     """Sequential that hands the time embedding to ResBlocks and the context to SpatialTransformers."""
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, context: torch.Tensor, upsample_size=None) -> torch.Tensor:
         for layer in self:
             if isinstance(layer, ResBlock):
                 x = layer(x, emb)
             elif isinstance(layer, SpatialTransformer):
                 x = layer(x, context)
+            elif isinstance(layer, Upsample):
+                x = layer(x, upsample_size)
             else:
                 x = layer(x)
         return x
@@ -172,5 +181,6 @@ class UNetModel(nn.Module):
             skips.append(h)
         h = self.middle_block(h, emb, context)
         for block in self.output_blocks:
-            h = block(torch.cat([h, skips.pop()], dim=1), emb, context)
+            h = torch.cat([h, skips.pop()], dim=1)
+            h = block(h, emb, context, upsample_size=skips[-1].shape[-2:] if skips else None)
         return self.out(h).to(x.dtype)

@@ -9,9 +9,9 @@ PROMPTS = ["the cat", "a cat that is a cat"]
 SIZES = ((64, 48), (0, 0), (64, 48))
 
 
-def unet_inputs(config, seed: int = 0):
+def unet_inputs(config, seed: int = 0, size=(8, 8)):
     generator = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, config.in_channels, 8, 8, generator=generator)
+    x = torch.randn(2, config.in_channels, *size, generator=generator)
     context = torch.randn(2, 77, config.context_dim, generator=generator)
     return x, torch.tensor([3, 981]), context
 

@@ -18,10 +18,11 @@ def loaded(tiny):
     return {family: StableDiffusion.from_pretrained(tiny(family)[0]) for family in FAMILIES}
 
 
+@pytest.mark.parametrize("size", [(8, 8), (9, 7)])  # odd sides: upsampling must return to the skip's size
 @pytest.mark.parametrize("family", FAMILIES)
-def test_unet_matches_diffusers(tiny, loaded, family):
+def test_unet_matches_diffusers(tiny, loaded, family, size):
     pipe, model = tiny(family)[1], loaded[family]
-    x, t, context = unet_inputs(model.config.unet)
+    x, t, context = unet_inputs(model.config.unet, size=size)
     pooled = torch.randn(2, 32) if family == "sdxl" else None
     assert max_diff(our_unet(model, x, t, context, pooled), diffusers_unet(pipe, x, t, context, pooled)) < TOL
 
