@@ -81,7 +81,7 @@ def test_pndm_converges_like_plms():
 
 
 def test_ddpm_reproduces_the_mixture_moments():
-    n = 20_000
+    n = 10_000
     x_T = _x_T(n, seed=3)
     x_0 = sample(MIXTURE.eps_model(SCHEDULE), x_T, SCHEDULE, "ddpm", 1000, generator=torch.Generator().manual_seed(4))
     mean, cov = x_0.mean(0), torch.cov(x_0.T)
