@@ -15,13 +15,13 @@ training replaces the true label by it some of the time, so one network learns b
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from ..models.embeddings import timestep_embedding  # the same (cos, sin) embedding as Stable Diffusion's UNet
 from .digits import NUM_CLASSES
 
 __all__ = ["NULL_LABEL", "UNetConfig", "DigitsUNet", "timestep_embedding"]
@@ -45,19 +45,6 @@ class UNetConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "UNetConfig":
         return cls(**{**d, "channel_mult": tuple(d["channel_mult"])})
-
-
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    r"""Transformer sinusoidal position encoding of the integer timestep, as in DDPM (App. B).
-
-    Half the channels are :math:`\cos(t\,\omega_k)`, half :math:`\sin(t\,\omega_k)`, with frequencies
-    :math:`\omega_k = \text{max\_period}^{-k/(\text{dim}/2)}` spread geometrically, so that both
-    neighbouring and distant timesteps are distinguishable. CompVis: ``timestep_embedding``.
-    """
-    half = dim // 2
-    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
-    angles = t.float()[:, None] * freqs[None]
-    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
 class ResBlock(nn.Module):
