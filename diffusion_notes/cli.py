@@ -7,9 +7,9 @@ Flags keep the names of CompVis's ``scripts/txt2img.py`` / ``scripts/img2img.py`
 numbers continuing after the highest one present, so no file is ever replaced. Each PNG carries its
 generation parameters in AUTOMATIC1111's ``parameters`` text chunk.
 
-Differences from CompVis: the default sampler is PLMS (the library's; ``--ddim`` for DDIM), one
-image per run by default (``--n_samples 1 --n_iter 1``), iteration ``k`` uses seed ``seed + k`` so each
-PNG's ``Seed`` reproduces it, and a mistake the user can fix ends the run with exit status 2 and one
+Differences from CompVis: txt2img's default sampler is PLMS (``--ddim`` for DDIM; img2img and inpaint
+default to DDIM), one image per run by default (``--n_samples 1 --n_iter 1``), each batch (one prompt,
+one iteration) gets its own seed ``seed + k``, k counting batches, so each PNG's ``Seed`` reproduces it, and a mistake the user can fix ends the run with exit status 2 and one
 line on stderr before anything is written.
 """
 
@@ -259,7 +259,10 @@ def _check_against_model(sd, args, command: str, sampler: str, image) -> None:
         raise UsageError(f"{_model_name(args)} is an inpainting checkpoint (9-channel UNet); use it with the inpaint "
                          f"command, or give {command} an ordinary checkpoint")
     if command != "txt2img":
-        pipeline.strength_timesteps(timesteps, args.ddim_steps, args.strength, args.strength_rule)
+        try:
+            pipeline.strength_timesteps(timesteps, args.ddim_steps, args.strength, args.strength_rule)
+        except ValueError as err:  # the library's message names the Python argument; name the flag here
+            raise UsageError(f"{err} (on the command line: --strength-rule diffusers)") from None
     height, width = (args.H, args.W) if command == "txt2img" else (image.size[1], image.size[0])
     default_h, default_w = pipeline.default_size(sd)
     pipeline.check_size(sd, height or default_h, width or default_w,

@@ -43,12 +43,14 @@ def guided_eps_model(
     guiding v and converting afterwards equals converting first.
     """
 
+    guided = uc is not None and unconditional_guidance_scale != 1.0
+    c_in = _cat_conditioning(uc, c) if guided else c  # built once, not at every step
+
     def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        if uc is None or unconditional_guidance_scale == 1.0:
+        if not guided:
             return model(x, t, c)
         x_in = torch.cat([x] * 2)
         t_in = torch.cat([t] * 2)
-        c_in = _cat_conditioning(uc, c)
         e_t_uncond, e_t = model(x_in, t_in, c_in).chunk(2)
         return classifier_free_guidance(e_t_uncond, e_t, unconditional_guidance_scale)
 

@@ -207,7 +207,7 @@ def conditioning(sd, prompts: list[str], negative_prompts: list[str], height: in
 def _generator(seed: int | None, generator: torch.Generator | None, noise_device) -> tuple[torch.Generator, int | None]:
     """A CPU generator by default: the same seed then gives the same x_T (and image) on CPU and CUDA."""
     if generator is not None:
-        return generator, seed
+        return generator, None  # the caller's generator: no seed we could honestly report
     seed = random.randrange(2**32) if seed is None else int(seed)
     return torch.Generator(noise_device).manual_seed(seed), seed
 
@@ -438,10 +438,12 @@ def strength_timesteps(timesteps: np.ndarray, steps: int, strength: float, rule:
         raise ValueError(f"strength must be in [0, 1] (0 keeps the image, 1 starts from pure noise), got {strength}")
     if rule == "compvis":
         t_enc = int(strength * steps)
+        if t_enc == 0:  # no step to take: keep the image un-noised, as "strength 0" promises
+            return timesteps[:0], None
         if t_enc >= len(timesteps):
             raise ValueError(f"strength {strength} with the compvis rule noises to timestep index {t_enc}, past the "
-                             f"last of the {len(timesteps)} timesteps (CompVis fails here too); use strength < 1 or "
-                             "strength_rule='diffusers'.")
+                             f"last of the {len(timesteps)} timesteps (CompVis fails here too); use a strength below 1 "
+                             "or the diffusers strength rule.")
         return timesteps[:t_enc], int(timesteps[t_enc])
     if rule == "diffusers":
         init_timestep = min(int(steps * strength), steps)
@@ -465,8 +467,15 @@ def encode_image(sd, image: torch.Tensor, generator: torch.Generator) -> torch.T
     r"""Image in [-1, 1] -> ``scale_factor * z`` with :math:`z \sim q(z|x)`, the noise drawn from ``generator``
     on its own device (CompVis ``get_first_stage_encoding(encode_first_stage(x))``; diffusers
     ``latent_dist.sample(generator) * scaling_factor``)."""
-    with torch.no_grad():
-        return sd.encode_image(image, generator).float()
+    state = generator.get_state()
+
+    def encode(vae_dtype):
+        generator.set_state(state)  # a float32 retry draws the very same noise
+        with torch.no_grad():
+            posterior = sd.vae.encode(image.to(sd.device, vae_dtype))
+            return sd.scale_factor * posterior.sample(generator).float()
+
+    return _with_float32_retry(sd, encode, "encode")
 
 
 def img2img(sd, image, prompt, strength: float = 0.75, strength_rule: str = "compvis", sampler: str = "ddim",
@@ -596,16 +605,21 @@ def decode_checked(sd, z: torch.Tensor) -> torch.Tensor:
     The SDXL VAE's activations exceed fp16's 65504 and decode to NaN/black images (diffusers keeps it in
     float32 with ``force_upcast``; the fp16-fix VAE rescales its weights). Only the failing decode pays.
     """
+    return _with_float32_retry(sd, lambda vae_dtype: sd.vae.decode(z.to(sd.device, vae_dtype)).float(), "decode")
+
+
+def _with_float32_retry(sd, run, what: str) -> torch.Tensor:
+    """``run(vae_dtype)``; if the result has inf/NaN in fp16/bf16, warn and ``run(torch.float32)`` with the VAE upcast."""
     vae_dtype = next(sd.vae.parameters()).dtype
-    image = sd.vae.decode(z.to(sd.device, vae_dtype)).float()
-    if vae_dtype == torch.float32 or torch.isfinite(image).all():
-        return image
-    warnings.warn(f"the VAE decode in {str(vae_dtype).removeprefix('torch.')} gave inf/NaN (activations overflowed); "
-                  "decoding again in float32. Load the model in float32, or use an fp16-safe VAE, to skip this.",
-                  NonFiniteDecodeWarning, stacklevel=2)
+    result = run(vae_dtype)
+    if vae_dtype == torch.float32 or torch.isfinite(result).all():
+        return result
+    warnings.warn(f"the VAE {what} in {str(vae_dtype).removeprefix('torch.')} gave inf/NaN (activations overflowed); "
+                  f"running the {what} again in float32. Load the model in float32, or use an fp16-safe VAE, to skip this.",
+                  NonFiniteDecodeWarning, stacklevel=3)
     sd.vae.float()
     try:
-        return sd.vae.decode(z.to(sd.device, torch.float32))
+        return run(torch.float32)
     finally:
         sd.vae.to(vae_dtype)
 

@@ -62,8 +62,8 @@ def default_sampler_settings(sampler: str) -> dict:
     """Defaults when ``spacing`` / ``set_alpha_to_one`` are not given.
 
     DDIM, PLMS and PNDM follow CompVis (``uniform`` spacing, last previous alpha = ``alphas_cumprod[0]``);
-    DDPM visits every step from T-1 down to 0 with :math:`\\bar\\alpha_{-1} = 1`, as the paper's
-    Algorithm 2 and CompVis's ``p_sample_loop`` do.
+    DDPM uses ``leading`` spacing ending at t = 0 with :math:`\\bar\\alpha_{-1} = 1`: with ``steps = T`` that is
+    every step from T-1 down to 0, as the paper's Algorithm 2 and CompVis's ``p_sample_loop`` do.
     """
     if sampler == "ddpm":
         return {"spacing": "leading", "set_alpha_to_one": True}

@@ -11,8 +11,9 @@ Two ways in, two ways out:
 * ``from_single_file(path)`` / ``save_single_file(path)``: one original checkpoint with CompVis
   names (``model.diffusion_model.*``, ``first_stage_model.*``, the text encoder(s)).
 
-Weights are never copied on load: every network is built on the ``meta`` device and receives the
-memory-mapped tensors with ``load_state_dict(assign=True)``.
+Weights are never allocated twice on load: every network is built on the ``meta`` device and
+receives the memory-mapped tensors with ``load_state_dict(assign=True)`` (a dtype cast, e.g. of an
+fp16 file to the default float32, makes the one copy that is kept).
 """
 
 from __future__ import annotations
@@ -215,7 +216,9 @@ def _single_file_tokenizers(family: str, tokenizer) -> list:
         root = Path(tokenizer)
         if (root / "tokenizer").is_dir():  # a diffusers folder: its tokenizer/ (and tokenizer_2/) as saved
             names = ["tokenizer", "tokenizer_2"][: len(pads)]
-            return [_load_tokenizer(root / n if (root / n).is_dir() else root / "tokenizer") for n in names]
+            # A folder without tokenizer_2/ lends its tokenizer/ to the second encoder, with that encoder's padding.
+            return [_load_tokenizer(root / n) if (root / n).is_dir() else _load_tokenizer(root / "tokenizer", pad)
+                    for n, pad in zip(names, pads)]
         return [_load_tokenizer(root, pad) for pad in pads]
     found = [_hub_tokenizer(repo, sub, pad) for (repo, sub), pad in zip(TOKENIZER_REPOS[family], pads)]
     if any(t is None for t in found):
@@ -282,8 +285,12 @@ class StableDiffusion(nn.Module):
         return torch.cat([pooled.float(), sizes], dim=-1).to(self.dtype)
 
     def encode_image(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Image in [-1, 1] -> diffusion-model latents ``scale_factor * z``, ``z ~ q(z|x)``."""
-        return self.scale_factor * self.vae.encode(image.to(self.device, self.dtype)).sample(generator)
+        """Image in [-1, 1] -> diffusion-model latents ``scale_factor * z``, ``z ~ q(z|x)`` (float32; see
+        :func:`diffusion_notes.pipeline.encode_image`: the noise comes from ``generator``'s device)."""
+        if generator is None:
+            generator = torch.Generator()
+            generator.seed()  # a fresh random seed, as torch.randn without a generator would behave
+        return pipeline.encode_image(self, image, generator)
 
     # -- generation (diffusion_notes/pipeline.py) ---------------------------------------------
 
@@ -300,8 +307,9 @@ class StableDiffusion(nn.Module):
         return pipeline.inpaint(self, *args, **kwargs)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Diffusion-model latents -> image in [-1, 1] (not clamped)."""
-        return self.vae.decode(latents.to(self.device, self.dtype) / self.scale_factor)
+        """Diffusion-model latents -> float32 image in [-1, 1], not clamped (:func:`diffusion_notes.pipeline.decode`,
+        with its float32 retry when fp16 overflows)."""
+        return pipeline.decode(self, latents)
 
     def to(self, device=None, dtype=None):
         """Move/cast the networks (the schedule stays float64: samplers divide by its buffers)."""
@@ -343,18 +351,20 @@ class StableDiffusion(nn.Module):
         """Write the diffusers folder layout (readable by diffusers' ``StableDiffusion(XL)Pipeline``)."""
         root = Path(folder)
         _refuse_existing(root, overwrite)
+        # Everything that can refuse (unsupported configs or schedules) runs before the first file is written.
         unet_json = layout.unet_config_to_diffusers(self.config.unet)
+        vae_json = layout.vae_config_to_diffusers(self.config.vae, self.scale_factor)
+        scheduler_json, model_index = self._scheduler_json(), self._model_index()
         self._write_part(root / "unet", layout.unet_to_diffusers(self.unet.state_dict(), self.config.unet),
                          unet_json, "diffusion_pytorch_model.safetensors")
-        vae_json = layout.vae_config_to_diffusers(self.config.vae, self.scale_factor)
         self._write_part(root / "vae", layout.vae_to_diffusers(self.vae.state_dict(), self.config.vae),
                          vae_json, "diffusion_pytorch_model.safetensors")
         for index, (encoder, tokenizer) in enumerate(zip(self.text_encoders, self.tokenizers)):
             suffix = f"_{index + 1}" if index else ""
             encoder.save_pretrained(root / f"text_encoder{suffix}")
             tokenizer.save_pretrained(root / f"tokenizer{suffix}")
-        self._write_json(root / "scheduler" / "scheduler_config.json", self._scheduler_json())
-        self._write_json(root / "model_index.json", self._model_index())
+        self._write_json(root / "scheduler" / "scheduler_config.json", scheduler_json)
+        self._write_json(root / "model_index.json", model_index)
 
     @staticmethod
     def _write_part(folder: Path, state_dict: dict, config: dict, name: str) -> None:

@@ -44,8 +44,9 @@ Conversion keeps every layer; choosing a hidden state is the caller's job:
   cross-attention, and the full-depth pooled projection for its added conditioning.
 
 Pooling: open_clip pools at ``argmax(ids)``, the position of the end-of-text token because it has
-the largest id. :func:`openclip_text_config` sets ``eos_token_id = vocab_size - 1`` so that
-transformers, which pools at the first end-of-text token, picks the same position.
+the largest id. transformers pools at the first end-of-text token, which is the same position as
+long as ``eos_token_id = vocab_size - 1``: :func:`openclip_text_config` sets it so, and the loader takes
+it from the CLIP tokenizer, whose end-of-text token is the last of its 49408 ids.
 
 Counterpart: diffusers ``loaders/single_file_utils.py`` ``convert_open_clip_checkpoint`` (one
 direction only; it also drops SD2's last layer and ``text_projection``).

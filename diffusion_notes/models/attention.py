@@ -1,7 +1,7 @@
 r"""The transformer that lets the UNet read the prompt (Rombach et al. 2022, "High-Resolution Image
 Synthesis with Latent Diffusion Models", Sec. 3.3).
 
-Cross-attention, Eq. (3) of the LDM paper:
+Cross-attention, LDM (Rombach et al. 2022) Sec. 3.3:
 :math:`\mathrm{Attention}(Q, K, V) = \mathrm{softmax}(QK^\top/\sqrt d)\,V` with
 :math:`Q = W_Q\,\varphi(z_t)` from the image features and :math:`K = W_K\,\tau_\theta(y)`,
 :math:`V = W_V\,\tau_\theta(y)` from the prompt features ``context`` of shape ``(B, 77, 768)``

@@ -106,7 +106,7 @@ class UNetModel(nn.Module):
 
     ``x``: ``(B, in_channels, h, w)`` latents (9 channels for inpainting models: latents, mask,
     masked-image latents); ``timesteps``: ``(B,)`` or a scalar; ``context``: ``(B, 77, context_dim)``
-    prompt features; ``y``: ``(B, adm_in_channels)`` for SDXL (see ``sdxl_vector``).
+    prompt features; ``y``: ``(B, adm_in_channels)`` for SDXL (see ``StableDiffusion.sdxl_label``).
     """
 
     def __init__(self, config: UNetConfig):

@@ -15,7 +15,8 @@ spacing           timesteps (ascending)                                   used b
 ================  =====================================================  ===========================
 
 CompVis's ``uniform`` can give more than S steps (``range`` keeps the remainder: S = 7 gives 8),
-and for some S it asks for timestep T, one past the end (S > T/2 and S = 3, 4, ... with T = 1000):
+and for some S it asks for timestep T, one past the end (with T = 1000: S = 3, 9, 27, 36, 37, 101-111,
+251-333 and every S > 500):
 CompVis then fails with an IndexError deep inside the sampler. Here that case is a ValueError
 that names the step counts and spacings which work.
 """

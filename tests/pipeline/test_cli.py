@@ -118,7 +118,7 @@ def _error_cases(folder, pictures):
         "eta with plms": (txt + ["--ddim_eta", "0.5"], "--ddim_eta applies to the DDIM sampler only"),
         "scale": (txt + ["--scale", "-2"], "--scale (guidance scale) must be >= 0"),
         "strength": (i2i + ["--strength", "1.5"], "--strength must be between 0"),
-        "strength 1 compvis": (i2i + ["--strength", "1"], "strength_rule='diffusers'"),
+        "strength 1 compvis": (i2i + ["--strength", "1"], "--strength-rule diffusers"),
         "empty prompt file": (txt + ["--from-file", str(empty)], "has no prompts"),
         "missing prompt file": (txt + ["--from-file", str(pictures / "nope.txt")], "cannot read the prompt file"),
         "binary prompt file": (txt + ["--from-file", str(binary)], "cannot read the prompt file"),

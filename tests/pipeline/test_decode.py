@@ -72,10 +72,23 @@ def test_non_finite_decode_is_redone_in_float32_with_a_warning(tiny):
     sd = StableDiffusion.from_pretrained(tiny("sd1")[0], torch_dtype=torch.bfloat16)
     z = _latents(batch=1, size=8)
     sd.vae.decoder.conv_out.register_forward_hook(_overflow_in_low_precision)
-    with pytest.warns(NonFiniteDecodeWarning, match="decoding again in float32"):
+    with pytest.warns(NonFiniteDecodeWarning, match="decode again in float32"):
         image = decode(sd, z)
     assert torch.isfinite(image).all()
     assert next(sd.vae.parameters()).dtype == torch.bfloat16  # put back afterwards
     sd.vae.float()
     with torch.no_grad():
         assert torch.equal(image, sd.vae.decode(z / sd.scale_factor))
+
+
+def test_non_finite_encode_is_redone_in_float32_with_the_same_noise(tiny):
+    from diffusion_notes.pipeline import encode_image
+
+    sd = StableDiffusion.from_pretrained(tiny("sd1")[0], torch_dtype=torch.bfloat16)
+    image = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 2 - 1
+    sd.vae.encoder.conv_out.register_forward_hook(_overflow_in_low_precision)
+    with pytest.warns(NonFiniteDecodeWarning, match="encode again in float32"):
+        latents = encode_image(sd, image, torch.Generator().manual_seed(5))
+    assert torch.isfinite(latents).all() and next(sd.vae.parameters()).dtype == torch.bfloat16
+    sd.vae.float()
+    assert torch.equal(latents, encode_image(sd, image, torch.Generator().manual_seed(5)))

@@ -180,3 +180,10 @@ def test_methods_on_the_model_are_the_pipeline_functions(ours):
     a = sd.txt2img("a cat", steps=4, seed=7, height=16, width=16, output="array")
     b = txt2img(sd, "a cat", steps=4, seed=7, height=16, width=16, output="array")
     assert np.array_equal(a.arrays, b.arrays)
+
+
+def test_compvis_rule_below_one_step_keeps_the_image():
+    from diffusion_notes.pipeline import strength_timesteps
+
+    kept, t_noise = strength_timesteps(make_timesteps(10), 10, 0.05, "compvis")  # int(0.05 * 10) = 0 steps
+    assert len(kept) == 0 and t_noise is None
