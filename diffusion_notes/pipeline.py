@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from .forward import q_sample
 from .guidance import guided_eps_model
 from .images import array_to_pil, format_parameters, mask_to_tensor, pil_to_tensor, tensor_to_array
+from .noise import randn
 from .prompts import warn_if_truncated
 from .sampling import Trajectory, default_sampler_settings, sample
 from .samplers import SAMPLERS, make_timesteps
@@ -210,11 +211,6 @@ def _generator(seed: int | None, generator: torch.Generator | None, noise_device
         return generator, None  # the caller's generator: no seed we could honestly report
     seed = random.randrange(2**32) if seed is None else int(seed)
     return torch.Generator(noise_device).manual_seed(seed), seed
-
-
-def _randn(shape, generator: torch.Generator, device) -> torch.Tensor:
-    """Standard normal noise drawn on the generator's device in float32, then moved (diffusers ``randn_tensor``)."""
-    return torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32).to(device)
 
 
 def _unet_model(sd, channels_last: bool):
@@ -405,7 +401,7 @@ def txt2img(sd, prompt, negative_prompt="", steps: int = 50, sampler: str = "plm
                    generator, callback, output, return_trajectory, **options)
     shape = (job.batch, sd.config.unet.out_channels, height // vae_factor(sd), width // vae_factor(sd))
     if latents is None:
-        x_T = _randn(shape, job.generator, sd.device)
+        x_T = randn(shape, job.generator, sd.device)
     elif tuple(latents.shape) != shape:
         raise ValueError(f"latents must have shape {shape} for {job.batch} images of {height}x{width}, "
                          f"got {tuple(latents.shape)}")
@@ -494,7 +490,7 @@ def img2img(sd, image, prompt, strength: float = 0.75, strength_rule: str = "com
     job = _prepare(sd, prompt, height, width, sampler=sampler, **kwargs)
     timesteps, t_noise = strength_timesteps(job.timesteps, job.steps, strength, strength_rule)
     z0 = encode_image(sd, image, job.generator).expand(job.batch, -1, -1, -1)
-    x = _noised(sd, z0, t_noise, _randn(z0.shape, job.generator, sd.device))
+    x = _noised(sd, z0, t_noise, randn(z0.shape, job.generator, sd.device))
     job.settings["denoising_strength"] = strength
     return _finish(job, *_denoise(job, x, timesteps))
 
@@ -543,7 +539,7 @@ def inpaint(sd, image, mask, prompt, strength: float = 1.0, strength_rule: str =
     shape = (job.batch, sd.config.unet.out_channels, *latent_size)
 
     z0 = None if strength == 1 and is_inpainting_model(sd) else encode_image(sd, image, job.generator).expand(shape)
-    noise = _randn(shape, job.generator, sd.device)
+    noise = randn(shape, job.generator, sd.device)
     x = noise if strength == 1 else _noised(sd, z0, t_noise, noise)
     job.settings["denoising_strength"] = strength if strength != 1 else None
 

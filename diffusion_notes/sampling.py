@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .forward import predict_eps_from_z_and_v, predict_noise_from_start
+from .noise import randn
 from .samplers import (
     PRK_WARMUP_STEPS,
     SAMPLERS,
@@ -68,13 +69,6 @@ def default_sampler_settings(sampler: str) -> dict:
     if sampler == "ddpm":
         return {"spacing": "leading", "set_alpha_to_one": True}
     return {"spacing": "uniform", "set_alpha_to_one": False}
-
-
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    # Draw on the generator's device (CPU by default) so one seed gives the same noise on CPU and CUDA.
-    dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=dtype).to(device=x.device, dtype=x.dtype)
 
 
 def _check_timesteps(timesteps, T: int) -> np.ndarray:
@@ -150,10 +144,10 @@ def sample(
         index = total_steps - i - 1
         a_t, a_prev, sigma_t = float(ddim_alphas[index]), float(ddim_alphas_prev[index]), float(ddim_sigmas[index])
         if sampler == "ddim":
-            noise = _randn_like(x, generator) if eta > 0 else None
+            noise = randn(x.shape, generator, x.device, x.dtype) if eta > 0 else None
             x, pred_x0 = ddim_step(x, eps_fn(x, t), a_t, a_prev, sigma_t, noise)
         elif sampler == "ddpm":
-            noise = _randn_like(x, generator) if index > 0 else None
+            noise = randn(x.shape, generator, x.device, x.dtype) if index > 0 else None
             x, pred_x0 = ddpm_step(x, eps_fn(x, t), a_t, a_prev, noise, ddpm_variance, clip_denoised)
         elif sampler == "pndm" and i < PRK_WARMUP_STEPS:
             # At the very last step there is no next timestep to evaluate at: use 0 (documented in docs/conventions.md).

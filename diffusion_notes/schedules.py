@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-__all__ = ["make_beta_schedule", "NoiseSchedule", "SCHEDULE_NAMES", "COMPVIS_NAMES", "DIFFUSERS_NAMES"]
+__all__ = ["make_beta_schedule", "NoiseSchedule", "SCHEDULE_NAMES", "COMPVIS_NAMES", "DIFFUSERS_NAMES", "SD_BETA_RANGE"]
 
 #: The names this package uses (DDPM paper / diffusers conventions).
 SCHEDULE_NAMES = ("linear", "scaled_linear", "cosine", "sqrt")
@@ -36,8 +36,8 @@ COMPVIS_NAMES = {"linear": "scaled_linear", "sqrt_linear": "linear", "cosine": "
 #: diffusers ``beta_schedule`` name -> the name used here.
 DIFFUSERS_NAMES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
 
-# Stable Diffusion's (linear_start, linear_end), from v1-inference.yaml.
-_SD_BETA_RANGE = (0.00085, 0.012)
+#: Stable Diffusion's (linear_start, linear_end), the same in every release (v1-inference.yaml, sd_xl_base.yaml).
+SD_BETA_RANGE = (0.00085, 0.012)
 
 
 def make_beta_schedule(
@@ -83,7 +83,7 @@ def make_beta_schedule(
     if num_timesteps < 1:
         raise ValueError(f"num_timesteps must be at least 1, got {num_timesteps}")
     schedule = table[name]
-    if naming != "compvis" and schedule == "linear" and (linear_start, linear_end) == _SD_BETA_RANGE:
+    if naming != "compvis" and schedule == "linear" and (linear_start, linear_end) == SD_BETA_RANGE:
         warnings.warn(
             "make_beta_schedule('linear') with Stable Diffusion's linear_start/linear_end gives the DDPM "
             "linear schedule; SD's configs call 'linear' what is 'scaled_linear' here. "
@@ -184,7 +184,7 @@ class NoiseSchedule:
     @classmethod
     def stable_diffusion(cls) -> "NoiseSchedule":
         """The schedule of every Stable Diffusion release (1.x, 2.x, XL): scaled_linear, 0.00085..0.012, T=1000."""
-        return cls.from_name("scaled_linear", 1000, linear_start=0.00085, linear_end=0.012)
+        return cls.from_name("scaled_linear", 1000, linear_start=SD_BETA_RANGE[0], linear_end=SD_BETA_RANGE[1])
 
     @property
     def num_timesteps(self) -> int:

@@ -36,7 +36,7 @@ from .models.embeddings import size_embedding
 from .models.text import PromptEncoder, clip_transformer, materialize_position_ids
 from .models.unet import UNetModel
 from .models.vae import AutoencoderKL
-from .schedules import DIFFUSERS_NAMES, NoiseSchedule
+from .schedules import DIFFUSERS_NAMES, SD_BETA_RANGE, NoiseSchedule
 
 __all__ = ["StableDiffusion", "StableDiffusionConfig"]
 
@@ -488,8 +488,8 @@ def _schedule_from_scheduler(scheduler: dict) -> NoiseSchedule:
     if name is None:
         raise CheckpointError(f"unsupported beta_schedule {scheduler.get('beta_schedule')!r} in scheduler_config.json.")
     return NoiseSchedule.from_name(name, scheduler.get("num_train_timesteps", 1000),
-                                   linear_start=scheduler.get("beta_start", 0.00085),
-                                   linear_end=scheduler.get("beta_end", 0.012))
+                                   linear_start=scheduler.get("beta_start", SD_BETA_RANGE[0]),
+                                   linear_end=scheduler.get("beta_end", SD_BETA_RANGE[1]))
 
 
 def _folder_prompt_encoder(root: Path, family: str) -> PromptEncoder:

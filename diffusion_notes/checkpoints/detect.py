@@ -19,6 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..models.config import AutoencoderConfig, UNetConfig, unet_preset
+from ..schedules import SD_BETA_RANGE
 from .io import CheckpointError
 
 __all__ = ["UNET_PREFIX", "VAE_PREFIX", "TEXT_PREFIXES", "Architecture", "detect_family", "detect_architecture",
@@ -173,8 +174,8 @@ class OriginalConfig:
 
     prediction_type: str = "eps"
     scale_factor: float | None = None
-    linear_start: float = 0.00085
-    linear_end: float = 0.012
+    linear_start: float = SD_BETA_RANGE[0]
+    linear_end: float = SD_BETA_RANGE[1]
     timesteps: int = 1000
     unet_params: dict | None = None
 
@@ -187,8 +188,8 @@ def read_original_yaml(path) -> OriginalConfig:
     unet = (params.get("unet_config") or params.get("network_config") or {}).get("params")
     return OriginalConfig(
         prediction_type="v" if params.get("parameterization") == "v" else "eps",
-        scale_factor=params.get("scale_factor"), linear_start=params.get("linear_start", 0.00085),
-        linear_end=params.get("linear_end", 0.012), timesteps=params.get("timesteps", 1000), unet_params=unet,
+        scale_factor=params.get("scale_factor"), linear_start=params.get("linear_start", SD_BETA_RANGE[0]),
+        linear_end=params.get("linear_end", SD_BETA_RANGE[1]), timesteps=params.get("timesteps", 1000), unet_params=unet,
     )
 
 

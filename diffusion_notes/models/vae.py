@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..noise import randn
 from .attention import Normalize
 from .config import AutoencoderConfig
 
@@ -30,10 +31,7 @@ class DiagonalGaussianDistribution:
 
     def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
         """Reparameterised draw :math:`\\mu + \\sigma \\odot \\epsilon` (Kingma & Welling 2014)."""
-        # Drawn on the generator's device (CPU by default), so one seed encodes alike on CPU and CUDA.
-        device = generator.device if generator is not None else self.mean.device
-        noise = torch.randn(self.mean.shape, generator=generator, device=device, dtype=torch.float32)
-        return self.mean + self.std * noise.to(self.mean.device, self.mean.dtype)
+        return self.mean + self.std * randn(self.mean.shape, generator, self.mean.device, self.mean.dtype)
 
     def mode(self) -> torch.Tensor:
         return self.mean
