@@ -20,13 +20,12 @@ from pathlib import Path
 
 from ..models.config import AutoencoderConfig, UNetConfig, unet_preset
 from ..schedules import SD_BETA_RANGE
-from .io import CheckpointError
+from .io import UNET_PREFIX, CheckpointError, split_by_prefix
 
 __all__ = ["UNET_PREFIX", "VAE_PREFIX", "TEXT_PREFIXES", "Architecture", "detect_family", "detect_architecture",
            "strip_prefix", "unet_config_from_state_dict", "vae_config_from_state_dict", "clip_config_kwargs",
            "OriginalConfig", "read_original_yaml", "apply_yaml_unet"]
 
-UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 #: Where each family keeps its text encoder(s): transformers layout (``.transformer.``) or open_clip (``.model.``).
 TEXT_PREFIXES = {
@@ -45,8 +44,8 @@ class Architecture:
 
 
 def strip_prefix(state_dict: dict, prefix: str) -> dict:
-    """The entries under ``prefix``, with it removed."""
-    return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    """The entries under ``prefix``, with it removed (one group of :func:`io.split_by_prefix`)."""
+    return split_by_prefix(state_dict, [prefix])[prefix]
 
 
 def _indices(keys, pattern: str) -> list[int]:

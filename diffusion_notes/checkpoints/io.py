@@ -325,7 +325,8 @@ def split_by_prefix(
     return groups
 
 
-_UNET_PREFIX = "model.diffusion_model."
+#: Where an original single file keeps its UNet (CompVis ``LatentDiffusion.model.diffusion_model``).
+UNET_PREFIX = "model.diffusion_model."
 _EMA_PREFIX = "model_ema."
 _EMA_BOOKKEEPING = {"model_ema.decay", "model_ema.num_updates"}
 
@@ -356,7 +357,7 @@ def pick_ema(state_dict: Mapping[str, torch.Tensor], use_ema: bool = False) -> d
             "use_ema=True but the checkpoint has no model_ema.* weights; released SD checkpoints already store "
             "their EMA weights in model.diffusion_model.*, so load them with use_ema=False."
         )
-    unet_keys = [k for k in picked if k.startswith(_UNET_PREFIX)]
+    unet_keys = [k for k in picked if k.startswith(UNET_PREFIX)]
     flat_to_key = _ema_names(unet_keys)
     unmatched = sorted(set(ema) - set(flat_to_key))
     if unmatched:
