@@ -44,6 +44,8 @@ from pathlib import Path
 import safetensors.torch
 import torch
 
+from ..errors import CheckpointError
+
 __all__ = ["CheckpointError", "load_state_dict", "save_state_dict", "split_by_prefix", "pick_ema"]
 
 _ACCEPTED = "safetensors, a torch.save zip checkpoint (.ckpt/.pt/.bin) or a legacy torch.save pickle"
@@ -51,10 +53,6 @@ _LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80
 _SAFETENSORS_MAX_HEADER = 100_000_000  # the limit the safetensors library itself enforces
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that cannot be used as given; the message names the file, the problem and the fix."""
 
 
 # --------------------------------------------------------------------------------------------
