@@ -36,6 +36,7 @@ from .models.embeddings import size_embedding
 from .models.text import PromptEncoder, clip_transformer, materialize_position_ids
 from .models.unet import UNetModel
 from .models.vae import AutoencoderKL
+from .precision import default_dtype
 from .schedules import DIFFUSERS_NAMES, SD_BETA_RANGE, NoiseSchedule
 
 __all__ = ["StableDiffusion", "StableDiffusionConfig"]
@@ -327,7 +328,8 @@ class StableDiffusion(nn.Module):
         """Load a diffusers-layout folder (or a hub id, through the HF cache / the hub when online).
 
         Reads safetensors (``.bin`` through ``torch.load(weights_only=True)``); ``torch_dtype=None``
-        means float32. ``prediction_type`` ("eps"/"v") overrides the scheduler config's.
+        means the device's default (:func:`diffusion_notes.precision.default_dtype`: fp16 on CUDA,
+        bf16 on CPUs with native bf16, else fp32; diffusers' default is always fp32). ``prediction_type`` ("eps"/"v") overrides the scheduler config's.
         """
         root = _resolve_folder(folder_or_hub_id)
         family = _folder_family(_read_json(root / "model_index.json"), root)
@@ -345,7 +347,7 @@ class StableDiffusion(nn.Module):
         model = cls(config, _build(UNetModel, unet_config, unet_sd, "UNet", "unet/"),
                     _build(AutoencoderKL, vae_config, vae_sd, "VAE", "vae/"),
                     _folder_prompt_encoder(root, family), _schedule_from_scheduler(scheduler))
-        return model.to(device, torch_dtype or torch.float32)
+        return model.to(device, torch_dtype or default_dtype(device))
 
     def save_pretrained(self, folder, overwrite: bool = False) -> None:
         """Write the diffusers folder layout (readable by diffusers' ``StableDiffusion(XL)Pipeline``)."""
@@ -415,6 +417,7 @@ class StableDiffusion(nn.Module):
         ``TOKENIZER_REPOS`` from the Hugging Face cache (or the hub when online).
         ``use_ema=False`` (default) uses ``model.diffusion_model.*`` as stored, which in CompVis's
         released files already are the EMA weights; ``use_ema=True`` takes ``model_ema.*`` instead.
+        ``torch_dtype=None``: the device's default, as in :meth:`from_pretrained`.
         """
         state_dict = pick_ema(load_state_dict(path), use_ema)
         arch = detect.detect_architecture(state_dict)
@@ -434,7 +437,7 @@ class StableDiffusion(nn.Module):
         schedule = NoiseSchedule.from_name("scaled_linear", yaml.timesteps, linear_start=yaml.linear_start,
                                            linear_end=yaml.linear_end)
         model = cls(sd_config, unet, vae, PromptEncoder(tokenizers, encoders, TEXT_SPECS[arch.family]), schedule)
-        return model.to(device, torch_dtype or torch.float32)
+        return model.to(device, torch_dtype or default_dtype(device))
 
     def save_single_file(self, path, overwrite: bool = False) -> None:
         """Write one ``.safetensors`` in the original layout (what ``from_single_file`` of diffusers,
