@@ -88,7 +88,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     device = p.add_argument_group("device and memory")
     device.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto (cuda when available)")
     device.add_argument("--precision", default="auto", choices=["auto", "autocast", "full", "fp32", "fp16", "bf16"],
-                        help="weights' dtype: auto/autocast = fp16 on CUDA and fp32 on the CPU; full = fp32")
+                        help="weights' dtype: auto/autocast = fp16 on CUDA, bf16 on CPUs with native bf16 "
+                             "(AMX / AVX-512 BF16), fp32 on other CPUs; full = fp32")
     device.add_argument("--slice-vae", action="store_true", help="decode one image at a time")
     device.add_argument("--tile-vae", action="store_true", help="decode in overlapping tiles (large images)")
     device.add_argument("--offload-text-encoder", action="store_true", help="run the text encoder on the CPU")
@@ -195,13 +196,9 @@ def _device(name: str):
 
 
 def _dtype(precision: str, device):
-    import torch
+    from .precision import resolve_dtype
 
-    from .pipeline import default_dtype
-
-    if precision in ("auto", "autocast"):
-        return default_dtype(device)
-    return {"full": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return resolve_dtype(precision, device)
 
 
 def _check_model_source(args) -> None:

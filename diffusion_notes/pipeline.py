@@ -21,7 +21,8 @@ diffusers ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``StableDi
 ``StableDiffusionInpaintPipeline``.
 
 Precision: the latents stay float32 between steps and the schedule float64; each UNet call casts its
-input to the model's dtype (fp16 on CUDA by default, see :func:`default_dtype`) and its output back.
+input to the model's dtype (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 by default; see
+:func:`diffusion_notes.precision.default_dtype`) and its output back.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from .forward import q_sample
 from .guidance import guided_eps_model
 from .images import array_to_pil, format_parameters, mask_to_tensor, pil_to_tensor, tensor_to_array
 from .noise import randn
+from .precision import default_dtype
 from .prompts import warn_if_truncated
 from .sampling import Trajectory, default_sampler_settings, sample
 from .samplers import SAMPLERS, make_timesteps
@@ -120,11 +122,6 @@ def default_size(sd) -> tuple[int, int]:
     if sd.family == "sd2" and sd.prediction_type == "v":
         return 768, 768
     return 512, 512
-
-
-def default_dtype(device) -> torch.dtype:
-    """fp16 on CUDA (half the memory, tensor cores), fp32 on the CPU (where fp16 is slow or unsupported)."""
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
 def vae_factor(sd) -> int:
