@@ -71,7 +71,10 @@ def _translate(formula: str) -> list[str]:
         formula = re.sub(re.escape(old) + r"(?![a-zA-Z])", lambda m: new, formula)
     # MathJax takes an unbraced one-token argument (\mathcal N, \sqrt\beta, \frac12); mathtext wants braces
     formula = re.sub(rf"\\({_ONE_ARGUMENT})\s*(\\[a-zA-Z]+|[A-Za-z0-9])", r"\\\1{\2}", formula)
-    formula = re.sub(r"\\frac\s*(\\[a-zA-Z]+|[A-Za-z0-9])\s*(\\[a-zA-Z]+|[A-Za-z0-9])", r"\\frac{\1}{\2}", formula)
+    token = r"(\\[a-zA-Z]+|[A-Za-z0-9]|\{[^{}]*\})"
+    braced = lambda m: m.group(0) if m.group(0).startswith("{") else "{" + m.group(0) + "}"  # noqa: E731
+    formula = re.sub(rf"\\frac\s*{token}\s*{token}",
+                     lambda m: r"\frac" + braced(re.match(token, m.group(1))) + braced(re.match(token, m.group(2))), formula)
     formula = re.sub(r"\\text\{[^{}]*\}", lambda m: r"\mathrm{T}", formula)  # text is shown verbatim by MathJax
     environments = r"\\begin\{(aligned|cases|pmatrix|bmatrix|matrix|array)\}(\{[^}]*\})?|\\end\{(aligned|cases|pmatrix|bmatrix|matrix|array)\}"
     if re.search(environments, formula):
@@ -114,6 +117,7 @@ def test_every_formula_parses(path):
     (r"\sqrt{\bar\alpha_t}", True),
     (r"\begin{aligned} a &= b \\ c &= \tfrac12 \Big(d\Big) \end{aligned}", True),
     (r"\text{SNR}(t) = \lVert x \rVert", True),
+    (r"\tfrac1{12}(23 e_t) + \frac{a}2 + \frac12", True),
     (r"\sqrt{\bar\alpah_t}", False),  # a typo
     (r"\frac{a}{b", False),  # unbalanced
     ("\\sqrt{\x08ar\x07lpha}", False),  # the escape accident, seen by the control-character test; mathtext fails too
