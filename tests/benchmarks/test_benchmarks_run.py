@@ -49,3 +49,16 @@ def test_loading_benchmark_runs_fresh_processes_and_prints_its_table(tmp_path):
     rows = _rows(out)
     assert [row[0] for row in rows] == ["ours fp32", "diffusers fp32"]
     assert all(float(row[4]) > 0 for row in rows)  # a peak RSS was read for each child
+
+
+def test_gpu_benchmark_dry_run_writes_its_json_and_table(tmp_path):
+    import json
+
+    from benchmarks import gpu
+
+    gpu.main(["--dry-run", "--out", str(tmp_path), "--repeats", "1"])
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    measured = [r for r in report["results"] if "skipped" not in r]
+    assert {r["family"] for r in measured} == {"sd1", "sdxl"} and {r["batch"] for r in measured} == {1, 4}
+    assert all(r["ours"]["images_per_s"] > 0 and r["diffusers"]["images_per_s"] > 0 for r in measured)
+    assert (tmp_path / "gpu.md").read_text().startswith("| model")
