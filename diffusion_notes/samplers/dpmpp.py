@@ -45,7 +45,7 @@ def dpmpp_2m_step(x_bar_, denoised, old_denoised, sigma_prev: float, sigma: floa
 
     k-diffusion: ``sample_dpmpp_2m``; diffusers: ``multistep_dpm_solver_second_order_update``
     (``dpmsolver++``, ``solver_type="midpoint"``: :math:`D_0 + \frac12 D_1` with :math:`D_1 = (D_i - D_{i-1})/r`)."""
-    if old_denoised is None or sigma_next == 0:
+    if old_denoised is None or sigma_next == 0 or sigma_next == sigma:  # (a zero-length last step is a no-op)
         return dpmpp_first_order_step(x_bar_, denoised, sigma, sigma_next)
     h, h_last = math.log(sigma / sigma_next), math.log(sigma_prev / sigma)
     r = h_last / h
@@ -66,6 +66,8 @@ def dpmpp_2m_sde_step(x_bar_, denoised, old_denoised, sigma_prev: float, sigma: 
     (``algorithm_type="sde-dpmsolver++"``, where :math:`\eta = 1`)."""
     if sigma_next == 0:
         return denoised
+    if sigma_next == sigma:  # a zero-length last step (grid ending at alphas_cumprod[0]): nothing to do
+        return x_bar_
     h = math.log(sigma / sigma_next)
     eta_h = eta * h
     coefficient = -math.expm1(-h - eta_h)

@@ -58,6 +58,8 @@ def unipc_bh2_update(x_bar_, sigma: float, sigma_next: float, history, order: in
     m0 = history[0][1]
     if sigma_next == 0:  # h = infinity: the first-order limit is the denoised value itself
         return m0
+    if sigma_next == sigma:  # a zero-length last step (grid ending at alphas_cumprod[0]): nothing to do
+        return x_bar_
     h = math.log(sigma / sigma_next)
     rks = [math.log(sigma / s_k) / h for s_k, _ in history[1:order]]
     d1s = [(m_k - m0) / r_k for r_k, (_, m_k) in zip(rks, history[1:order])]
