@@ -51,6 +51,7 @@ class UsageError(SettingsError):
 FLAGS = {
     "prompt": "--prompt", "negative_prompt": "--negative-prompt", "num_images": "--n_samples",
     "guidance_scale": "--scale", "sampler": "--sampler", "steps": "--ddim_steps", "eta": "--ddim_eta",
+    "sigma_schedule": "--schedule", "precision": "--precision",
     "seed": "--seed", "height": "--H", "width": "--W", "strength": "--strength", "strength_rule": "--strength-rule",
     "image": "--init-img", "mask": "--mask", "non_finite": "--allow-non-finite", "noise_device": "--device",
     "model": "--ckpt/--model",
@@ -82,12 +83,18 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     model.add_argument("--tokenizer", help="a tokenizer folder or diffusers folder, to load a --ckpt offline")
 
     sampling = p.add_argument_group("sampling")
-    sampling.add_argument("--sampler", choices=["plms", "ddim", "ddpm", "pndm"], help="the sampler (default plms"
+    from .samplers import SAMPLERS, SIGMA_SCHEDULES
+
+    sampling.add_argument("--sampler", choices=list(SAMPLERS), metavar="NAME",
+                          help=f"the sampler: {', '.join(SAMPLERS)} (default plms"
                           + (", ddim for img2img/inpaint)" if command != "txt2img" else ")"))
+    sampling.add_argument("--schedule", choices=list(SIGMA_SCHEDULES), default="default",
+                          help="the noise levels visited: the model's own (default), karras (rho = 7) or exponential")
     sampling.add_argument("--plms", action="store_true", help="same as --sampler plms")
     sampling.add_argument("--ddim", action="store_true", help="same as --sampler ddim")
     sampling.add_argument("--ddim_steps", type=int, default=50, help="number of sampling steps (default 50)")
-    sampling.add_argument("--ddim_eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
+    sampling.add_argument("--ddim_eta", type=float, default=None,
+                          help="eta of DDIM (default 0: deterministic, 1 DDPM-like) or of an ancestral sampler (default 1)")
     sampling.add_argument("--scale", type=float, default=7.5, help="unconditional guidance scale (default 7.5)")
     sampling.add_argument("--seed", type=int, default=42,
                           help="seed of the noise, 0 to 4294967295 (default 42; -1: a random one, reported)")
@@ -114,7 +121,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     device = p.add_argument_group("device and memory")
     device.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto (cuda when available)")
     device.add_argument("--precision", default="auto", choices=["auto", "autocast", "full", "fp32", "fp16", "bf16"],
-                        help="weights' dtype: auto/autocast = fp16 on CUDA and fp32 on the CPU; full = fp32")
+                        help="weights' dtype: auto/autocast = fp16 on CUDA, bf16 on CPUs with native bf16 "
+                             "(AMX / AVX-512 BF16), fp32 on other CPUs; full = fp32")
     device.add_argument("--slice-vae", action="store_true", help="decode one image at a time")
     device.add_argument("--tile-vae", action="store_true", help="decode in overlapping tiles (large images)")
     device.add_argument("--offload-text-encoder", action="store_true", help="run the text encoder on the CPU")
@@ -150,7 +158,8 @@ def _pipeline_options(args, command: str, sampler: str) -> dict:
     from .settings import MemoryOptions
 
     options = dict(negative_prompt=args.negative_prompt, steps=args.ddim_steps, sampler=sampler,
-                   guidance_scale=args.scale, eta=args.ddim_eta, num_images=args.n_samples,
+                   sigma_schedule=args.schedule, guidance_scale=args.scale, eta=args.ddim_eta,
+                   num_images=args.n_samples,
                    non_finite="warn" if args.allow_non_finite else "error", progress=True,
                    memory=MemoryOptions(vae_slicing=args.slice_vae, vae_tiling=args.tile_vae,
                                         upcast_attention=args.upcast_attention,
@@ -162,13 +171,15 @@ def _pipeline_options(args, command: str, sampler: str) -> dict:
 
 def _check_settings(args, command: str, sampler: str, prompts: list[str]) -> None:
     """Every check that needs no model, through the settings objects' own validate()."""
-    from .pipeline import SamplerChoice
+    from .pipeline import sampler_settings
     from .settings import Conditioning, OutputOptions, Seed, Strength
 
     options = _pipeline_options(args, command, sampler)
     Conditioning(prompts, args.negative_prompt, args.n_samples, args.scale).validate()
-    SamplerChoice(sampler, args.ddim_steps, None, args.ddim_eta).validate()
-    SamplerChoice(sampler, args.ddim_steps).timesteps(1000)  # every SD schedule has 1000 steps; re-checked later
+    # every released SD schedule has T = 1000 steps; checked again against the model's own after loading
+    from .schedules import NoiseSchedule
+
+    sampler_settings(sampler, args.ddim_steps, args.schedule, eta=args.ddim_eta).grid(NoiseSchedule.stable_diffusion())
     Seed(args.seed).validate()
     if args.seed != -1 and args.seed + args.n_iter * len(prompts) - 1 > 2**32 - 1:
         raise SettingsError("seed", f"seed must leave room for one seed per batch (seed + k up to 4294967295); "
@@ -234,13 +245,9 @@ def _device(name: str):
 
 
 def _dtype(precision: str, device):
-    import torch
+    from .precision import resolve_dtype
 
-    from .pipeline import default_dtype
-
-    if precision in ("auto", "autocast"):
-        return default_dtype(device)
-    return {"full": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return resolve_dtype(precision, device)
 
 
 def _check_model_source(args) -> None:
@@ -332,7 +339,8 @@ def _check_against_model(sd, args, command: str, sampler: str, image) -> None:
     from . import pipeline
     from .settings import ImageSize
 
-    timesteps = pipeline.SamplerChoice(sampler, args.ddim_steps).timesteps(sd.schedule.num_timesteps)
+    grid = pipeline.sampler_settings(sampler, args.ddim_steps, args.schedule, eta=args.ddim_eta).grid(sd.schedule)
+    timesteps = grid.timesteps[:-1].flip(0).numpy()  # ascending
     if command != "inpaint" and pipeline.is_inpainting_model(sd):
         raise UsageError("--ckpt", f"{_model_name(args)} is an inpainting checkpoint (9-channel UNet); use it with "
                          f"the inpaint command, or give {command} an ordinary checkpoint")

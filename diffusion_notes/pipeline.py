@@ -39,13 +39,13 @@ import torch
 import torch.nn.functional as F
 
 from .errors import CheckpointError, SettingsError
-from .forward import q_sample
 from .guidance import guided_eps_model
 from .images import array_to_pil, format_parameters, image_to_tensor, mask_to_tensor, tensor_to_array
 from .noise import randn
+from .precision import default_dtype
 from .prompts import warn_if_truncated
-from .sampling import Trajectory, default_sampler_settings, sample
-from .samplers import SAMPLERS, make_timesteps
+from .sampling import SamplerSettings, Trajectory, sample
+from .samplers import SamplingGrid
 from .settings import (
     STRENGTH_RULES,
     Conditioning,
@@ -55,7 +55,6 @@ from .settings import (
     Seed,
     Strength,
     check_fits_in_memory,
-    check_real,
     infotext_fields,
 )
 
@@ -63,10 +62,6 @@ __all__ = ["txt2img", "img2img", "inpaint", "Generation", "Request", "MemoryOpti
            "NonFiniteOutputWarning", "NoDenoisingWarning", "decode", "decode_checked", "decode_tiled",
            "encode_image", "conditioning", "strength_timesteps", "default_size", "default_dtype", "vae_factor",
            "size_multiple", "check_size", "is_inpainting_model", "STRENGTH_RULES"]
-
-#: Sampler names as AUTOMATIC1111 writes them in the PNG ``parameters`` chunk.
-SAMPLER_LABELS = {"plms": "PLMS", "ddim": "DDIM", "ddpm": "DDPM", "pndm": "PNDM"}
-
 
 class NonFiniteDecodeWarning(UserWarning):
     """The VAE produced inf/NaN in fp16/bf16 and the decode was repeated in float32."""
@@ -81,50 +76,6 @@ class NoDenoisingWarning(UserWarning):
 
 
 # --------------------------------------------------------------------------------------------
-# the sampler's settings
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SamplerChoice:
-    """Which sampler, how many steps, which timesteps (until ``sampling.SamplerSettings`` replaces it)."""
-
-    sampler: str = "plms"
-    steps: int = 50
-    spacing: str | None = None
-    eta: float = 0.0
-    sampler_options: dict | None = None
-
-    def validate(self) -> None:
-        if not isinstance(self.sampler, str) or self.sampler not in SAMPLERS:
-            raise SettingsError("sampler", f"sampler must be one of {', '.join(SAMPLERS)}, not {self.sampler!r}")
-        check_real("eta", self.eta, 0.0, hint=" (0 = deterministic DDIM)")
-        if self.eta and self.sampler != "ddim":
-            raise SettingsError("eta", f"eta applies to the ddim sampler only ({self.sampler} has its own noise rule);"
-                                f" got eta={self.eta}")
-        unknown = set(self.sampler_options or {}) - {"steps_offset", "set_alpha_to_one"}
-        if unknown:
-            raise SettingsError("sampler_options", f"unknown sampler option(s) {sorted(unknown)}; "
-                                "known: steps_offset, set_alpha_to_one")
-
-    @property
-    def label(self) -> str:
-        return SAMPLER_LABELS[self.sampler]
-
-    def timesteps(self, num_train_timesteps: int) -> np.ndarray:
-        """Every timestep of ``steps``, ascending; SettingsError (``steps``) when impossible."""
-        options = self.sampler_options or {}
-        spacing = self.spacing or default_sampler_settings(self.sampler)["spacing"]
-        if isinstance(self.steps, bool) or not isinstance(self.steps, (int, np.integer)):
-            raise SettingsError("steps", f"steps must be a whole number of sampling steps, got {self.steps!r}")
-        try:
-            return make_timesteps(self.steps, num_train_timesteps, spacing, options.get("steps_offset", 1))
-        except ValueError as err:
-            raise SettingsError("spacing" if "spacing" in str(err) and "unknown" in str(err) else "steps",
-                                str(err)) from None
-
-
-# --------------------------------------------------------------------------------------------
 # what one call asks for, and what it returns
 # --------------------------------------------------------------------------------------------
 
@@ -135,16 +86,16 @@ class Request:
 
     conditioning: Conditioning
     size: ImageSize
-    sampler: SamplerChoice
+    sampler: SamplerSettings
     seed: Seed
     output: OutputOptions
     memory: MemoryOptions
     strength: Strength | None = None
 
-    def validate(self, sd) -> np.ndarray:
-        """Check everything against ``sd`` before any network runs; returns the sampler's timesteps."""
+    def validate(self, sd) -> SamplingGrid:
+        """Check everything against ``sd`` before any network runs; returns the sampler's grid."""
         self.conditioning.validate()
-        self.sampler.validate()
+        self.sampler.validate(sd.schedule.num_timesteps)
         self.seed.validate()
         self.output.validate()
         self.memory.validate()
@@ -153,7 +104,7 @@ class Request:
         self.size.validate(vae_factor(sd))
         check_fits_in_memory(self.size, self.conditioning.batch, vae_factor(sd), sd.device,
                              sd.config.vae.ch, self.memory)
-        return self.sampler.timesteps(sd.schedule.num_timesteps)
+        return self.sampler.grid(sd.schedule)
 
 
 @dataclass
@@ -200,11 +151,6 @@ def default_size(sd) -> tuple[int, int]:
     if sd.family == "sd2" and sd.prediction_type == "v":
         return 768, 768
     return 512, 512
-
-
-def default_dtype(device) -> torch.dtype:
-    """fp16 on CUDA (half the memory, tensor cores), fp32 on the CPU (where fp16 is slow or unsupported)."""
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
 def vae_factor(sd) -> int:
@@ -382,43 +328,38 @@ class _Run:
     callback: object
 
 
-def _denoise(run: _Run, x: torch.Tensor, timesteps: np.ndarray, step_hook=None):
-    """Run the sampler from ``x`` over ``timesteps`` (ascending); ``step_hook(i, t, x, pred_x0)`` runs
-    after each step before the user's callback (inpainting blends the known region there).
+def _denoise(run: _Run, x: torch.Tensor, grid: SamplingGrid, step_hook=None):
+    """Run the sampler from ``x`` over ``grid``; ``step_hook(i, t, x, pred_x0)`` returns the latents the
+    next step starts from (inpainting blends the known region there; :func:`diffusion_notes.sampling.sample`).
 
-    Returns ``(x_0, trajectory or None, first_bad_step)``: the step after which the latents first held
-    NaN/inf (None when they never did)."""
+    Returns ``(x_0, trajectory or None)``. NaN/inf in the model's output or the latents stops the
+    sampler at that step: reported with its likely cause (:func:`_refuse_non_finite`)."""
     options = run.request.output
-    if len(timesteps) == 0:  # strength 0: nothing to denoise
-        return x, (Trajectory(x=[x]) if options.return_trajectory else None), None
-    bar = _progress_bar(len(timesteps)) if options.progress else None
-    first_bad = []
+    if grid.num_steps == 0:  # strength 0: nothing to denoise
+        return x, (Trajectory(x=[x]) if options.return_trajectory else None)
+    bar = _progress_bar(grid.num_steps) if options.progress else None
 
     def callback(i, t, x_i, pred_x0):
-        if step_hook is not None:
-            step_hook(i, t, x_i, pred_x0)
-        if not first_bad and not torch.isfinite(x_i).all():
-            first_bad.append((i, t))
         if run.callback is not None:
             run.callback(i, t, x_i, pred_x0)
         if bar is not None:
             bar.update()
 
-    sd, sampler = run.sd, run.request.sampler
+    sd = run.sd
     channels_last = run.request.memory.uses_channels_last(sd.device)
     eps_model = guided_eps_model(_unet_model(sd, channels_last), run.c, run.uc, run.request.conditioning.guidance_scale)
     try:
         with torch.no_grad():
-            result = sample(eps_model, x, sd.schedule, sampler.sampler, eta=sampler.eta,
-                            prediction_type=sd.prediction_type,
-                            set_alpha_to_one=(sampler.sampler_options or {}).get("set_alpha_to_one"),
-                            timesteps=timesteps, generator=run.generator, callback=callback,
-                            return_trajectory=bool(options.return_trajectory))
+            result = sample(eps_model, x, sd.schedule, settings=run.request.sampler, grid=grid,
+                            prediction_type=sd.prediction_type, generator=run.generator, callback=callback,
+                            step_hook=step_hook, return_trajectory=bool(options.return_trajectory))
+    except FloatingPointError as err:  # the sampler stopped at the first step with NaN/inf
+        _refuse_non_finite(sd, torch.tensor(float("nan")), "latents", "error", f" ({err})")
+        raise  # pragma: no cover  (_refuse_non_finite always raises for policy "error")
     finally:
         if bar is not None:
             bar.close()
-    latents, trajectory = result if options.return_trajectory else (result, None)
-    return latents, trajectory, (first_bad[0] if first_bad else None)
+    return result if options.return_trajectory else (result, None)
 
 
 def _progress_bar(total: int):
@@ -450,12 +391,11 @@ def _refuse_non_finite(sd, tensor: torch.Tensor, what: str, policy: str, where: 
     warnings.warn(f"{cause} Returning them as asked (non_finite='warn').", NonFiniteOutputWarning, stacklevel=3)
 
 
-def _finish(run: _Run, latents: torch.Tensor, trajectory, first_bad) -> Generation:
+def _finish(run: _Run, latents: torch.Tensor, trajectory) -> Generation:
     """Check, decode (unless ``output="latent"``) and package the result."""
     sd, request = run.sd, run.request
     options = request.output
-    where = f" (first after step {first_bad[0] + 1}, timestep {first_bad[1]})" if first_bad else ""
-    _refuse_non_finite(sd, latents, "sampled latents", options.non_finite, where)
+    _refuse_non_finite(sd, latents, "sampled latents", options.non_finite)
     images, arrays, pred_x0_images = [], None, None
     if options.output != "latent":
         decoded = decode(sd, latents, request.memory)
@@ -470,14 +410,14 @@ def _finish(run: _Run, latents: torch.Tensor, trajectory, first_bad) -> Generati
                       cond.negative_prompts, settings, request)
 
 
-def _validate(sd, request: Request, generator, callback) -> np.ndarray:
-    """Every check, before any network runs; returns the sampler's timesteps."""
-    timesteps = request.validate(sd)
+def _validate(sd, request: Request, generator, callback) -> SamplingGrid:
+    """Every check, before any network runs; returns the sampler's grid."""
+    grid = request.validate(sd)
     if callback is not None and not callable(callback):
         raise SettingsError("callback", f"callback must be callable as callback(i, t, x, pred_x0), got {callback!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise SettingsError("generator", f"generator must be a torch.Generator, got {type(generator).__name__}")
-    return timesteps
+    return grid
 
 
 def _start(sd, request: Request, generator, callback) -> _Run:
@@ -487,16 +427,28 @@ def _start(sd, request: Request, generator, callback) -> _Run:
     return _Run(sd, request, c, uc, generator, seed, callback)
 
 
+def sampler_settings(sampler: str = "plms", steps: int = 50, sigma_schedule: str = "default",
+                     spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
+                     sampler_options: dict | None = None) -> SamplerSettings:
+    """The pipeline's sampler keywords as one :class:`~diffusion_notes.sampling.SamplerSettings`
+    (``eta`` is one of the sampler's options; None: the sampler's default)."""
+    if sampler_options is not None and not isinstance(sampler_options, dict):
+        raise SettingsError("sampler_options", f"sampler_options must be a dict of the sampler's options, got "
+                            f"{type(sampler_options).__name__}")
+    options = {**({"eta": eta} if eta is not None else {}), **(sampler_options or {})}
+    return SamplerSettings(sampler, steps, sigma_schedule, spacing, steps_offset, options)
+
+
 def _request(sd, prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-             target_size, size, sampler, steps, spacing, eta, sampler_options, seed, noise_device, output,
-             return_trajectory, progress, non_finite, memory, strength=None) -> Request:
+             target_size, size, sampler: SamplerSettings, seed, noise_device, output, return_trajectory, progress,
+             non_finite, memory, strength=None) -> Request:
     if memory is not None and not isinstance(memory, MemoryOptions):
         raise SettingsError("memory", f"memory must be a MemoryOptions, got {type(memory).__name__}")
     return Request(
         Conditioning(prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
                      target_size),
-        size, SamplerChoice(sampler, steps, spacing, eta, sampler_options), Seed(seed, noise_device),
-        OutputOptions(output, return_trajectory, progress, non_finite), memory or MemoryOptions(), strength)
+        size, sampler, Seed(seed, noise_device), OutputOptions(output, return_trajectory, progress, non_finite),
+        memory or MemoryOptions(), strength)
 
 
 # --------------------------------------------------------------------------------------------
@@ -504,8 +456,9 @@ def _request(sd, prompt, negative_prompt, num_images, guidance_scale, original_s
 # --------------------------------------------------------------------------------------------
 
 
-def txt2img(sd, prompt, *, negative_prompt="", sampler: str = "plms", steps: int = 50, spacing: str | None = None,
-            eta: float = 0.0, sampler_options: dict | None = None, guidance_scale: float = 7.5,
+def txt2img(sd, prompt, *, negative_prompt="", sampler: str = "plms", steps: int = 50,
+            sigma_schedule: str = "default", spacing: str | None = None, steps_offset: int | None = None,
+            eta: float | None = None, sampler_options: dict | None = None, guidance_scale: float = 7.5,
             height: int | None = None, width: int | None = None, num_images: int = 1, seed: int | None = None,
             generator: torch.Generator | None = None, noise_device="cpu", latents: torch.Tensor | None = None,
             callback=None, output: str = "pil", return_trajectory: bool | str = False, progress: bool = False,
@@ -517,8 +470,11 @@ def txt2img(sd, prompt, *, negative_prompt="", sampler: str = "plms", steps: int
       the '' of the unconditional branch (``uc``); ``guidance_scale`` is ``unconditional_guidance_scale``
       (:class:`~diffusion_notes.settings.Conditioning`, also SDXL's ``original_size``,
       ``crops_coords_top_left``, ``target_size``).
-    * ``sampler``, ``steps``, ``spacing`` (default per sampler: CompVis ``"uniform"``; ``"leading"`` is
-      diffusers'), ``eta`` (DDIM), ``sampler_options`` (``steps_offset``, ``set_alpha_to_one``).
+    * ``sampler`` (a key of :data:`diffusion_notes.samplers.SAMPLERS`), ``steps``, ``sigma_schedule``
+      (``"default"``, ``"karras"``, ``"exponential"``), ``spacing`` and ``steps_offset`` (None: the sampler's
+      defaults, CompVis ``"uniform"`` for DDIM/PLMS; ``"leading"`` is diffusers'), ``eta`` (samplers that
+      take it) and ``sampler_options`` (the sampler's other options, e.g. ``set_alpha_to_one``):
+      :class:`diffusion_notes.sampling.SamplerSettings`, which holds their defaults and checks.
     * ``height``/``width``: default per family (:func:`default_size`), multiples of :func:`size_multiple`.
     * ``seed``/``generator``: the source of x_T and of any sampler noise. By default a CPU
       ``torch.Generator`` seeded with ``seed`` (0 to 2**32 - 1; None or -1: random, reported in ``.seed``),
@@ -531,16 +487,18 @@ def txt2img(sd, prompt, *, negative_prompt="", sampler: str = "plms", steps: int
     default_h, default_w = default_size(sd)
     size = ImageSize(default_h if height is None else height, default_w if width is None else width)
     request = _request(sd, prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-                       target_size, size, sampler, steps, spacing, eta, sampler_options, seed, noise_device, output,
+                       target_size, size,
+                       sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
+                       seed, noise_device, output,
                        return_trajectory, progress, non_finite, memory)
-    timesteps = _validate(sd, request, generator, callback)
+    grid = _validate(sd, request, generator, callback)
     shape = size.latent_shape(request.conditioning.batch, sd.config.unet.out_channels, vae_factor(sd))
     if latents is not None:
         _check_latents(latents, shape, size)
     with _memory_context(sd, request.memory):
         run = _start(sd, request, generator, callback)
         x_T = randn(shape, run.generator, sd.device) if latents is None else latents.to(sd.device, torch.float32)
-        return _finish(run, *_denoise(run, x_T, timesteps))
+        return _finish(run, *_denoise(run, x_T, grid))
 
 
 def _check_latents(latents, shape: tuple, size: ImageSize) -> None:
@@ -591,13 +549,6 @@ def strength_timesteps(timesteps: np.ndarray, steps: int, strength: float, rule:
     raise AssertionError(rule)  # Strength.validate() refused it
 
 
-def _noised(sd, z0: torch.Tensor, t_noise: int | None, noise: torch.Tensor) -> torch.Tensor:
-    """``q_sample(z0, t_noise, noise)``; ``z0`` itself when strength leaves no step to take."""
-    if t_noise is None:
-        return z0
-    return q_sample(z0, torch.full((z0.shape[0],), t_noise), noise, sd.schedule)
-
-
 def _image_size(image: torch.Tensor) -> ImageSize:
     return ImageSize(int(image.shape[-2]), int(image.shape[-1]))
 
@@ -614,14 +565,27 @@ def _validate_image_size(sd, size: ImageSize, option: str) -> None:
             from err
 
 
-def _kept_timesteps(request: Request, timesteps: np.ndarray):
-    kept, t_noise = strength_timesteps(timesteps, request.sampler.steps, request.strength.strength,
-                                       request.strength.rule)
-    if len(kept) == 0:
-        warnings.warn(f"strength {request.strength.strength} with the {request.strength.rule} rule and "
-                      f"{request.sampler.steps} steps leaves no denoising step: the image is returned only encoded "
-                      "and decoded; raise the strength or the steps to change it", NoDenoisingWarning, stacklevel=3)
-    return kept, t_noise
+def _strength_grids(request: Request, grid: SamplingGrid) -> tuple[SamplingGrid, SamplingGrid | None]:
+    """The grid img2img denoises over (the last steps of the run) and the grid whose first level the
+    image is noised to (the same for the diffusers rule, one level higher for CompVis's; None: no noise)."""
+    strength = request.strength
+    timesteps = grid.timesteps[:-1].flip(0).numpy()  # the visited timesteps, ascending
+    kept, t_noise = strength_timesteps(timesteps, request.sampler.steps, strength.strength, strength.rule)
+    n = len(kept)
+    if n == 0:
+        warnings.warn(f"strength {strength.strength} with the {strength.rule} rule and {request.sampler.steps} steps "
+                      "leaves no denoising step: the image is returned only encoded and decoded; raise the strength "
+                      "or the steps to change it", NoDenoisingWarning, stacklevel=3)
+    if t_noise is None:
+        return grid.last(n), None
+    return grid.last(n), grid.last(n if strength.rule == "diffusers" else n + 1)
+
+
+def _noised(z0: torch.Tensor, noise_grid: SamplingGrid | None, noise: torch.Tensor) -> torch.Tensor:
+    """``z0`` noised to the first level of ``noise_grid`` (DDPM Eq. 4); ``z0`` itself when there is no step to take."""
+    if noise_grid is None:
+        return z0
+    return noise_grid.q_sample(z0, noise)
 
 
 def encode_image(sd, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -640,8 +604,9 @@ def encode_image(sd, image: torch.Tensor, generator: torch.Generator) -> torch.T
 
 
 def img2img(sd, image, prompt, *, strength: float = 0.75, strength_rule: str = "compvis",
-            negative_prompt="", sampler: str = "ddim", steps: int = 50, spacing: str | None = None,
-            eta: float = 0.0, sampler_options: dict | None = None, guidance_scale: float = 7.5, num_images: int = 1,
+            negative_prompt="", sampler: str = "ddim", steps: int = 50, sigma_schedule: str = "default",
+            spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
+            sampler_options: dict | None = None, guidance_scale: float = 7.5, num_images: int = 1,
             seed: int | None = None, generator: torch.Generator | None = None, noise_device="cpu", callback=None,
             output: str = "pil", return_trajectory: bool | str = False, progress: bool = False,
             non_finite: str = "error", memory: MemoryOptions | None = None, original_size=None,
@@ -658,14 +623,16 @@ def img2img(sd, image, prompt, *, strength: float = 0.75, strength_rule: str = "
     size = _image_size(image)
     _validate_image_size(sd, size, "image")
     request = _request(sd, prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-                       target_size, size, sampler, steps, spacing, eta, sampler_options, seed, noise_device, output,
+                       target_size, size,
+                       sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
+                       seed, noise_device, output,
                        return_trajectory, progress, non_finite, memory, Strength(strength, strength_rule))
-    timesteps, t_noise = _kept_timesteps(request, _validate(sd, request, generator, callback))
+    grid, noise_grid = _strength_grids(request, _validate(sd, request, generator, callback))
     with _memory_context(sd, request.memory):
         run = _start(sd, request, generator, callback)
         z0 = encode_image(sd, image, run.generator).expand(request.conditioning.batch, -1, -1, -1)
-        x = _noised(sd, z0, t_noise, randn(z0.shape, run.generator, sd.device))
-        return _finish(run, *_denoise(run, x, timesteps))
+        x = _noised(z0, noise_grid, randn(z0.shape, run.generator, sd.device))
+        return _finish(run, *_denoise(run, x, grid))
 
 
 # --------------------------------------------------------------------------------------------
@@ -674,8 +641,9 @@ def img2img(sd, image, prompt, *, strength: float = 0.75, strength_rule: str = "
 
 
 def inpaint(sd, image, mask, prompt, *, strength: float = 1.0, strength_rule: str = "diffusers",
-            negative_prompt="", sampler: str = "ddim", steps: int = 50, spacing: str | None = None,
-            eta: float = 0.0, sampler_options: dict | None = None, guidance_scale: float = 7.5, num_images: int = 1,
+            negative_prompt="", sampler: str = "ddim", steps: int = 50, sigma_schedule: str = "default",
+            spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
+            sampler_options: dict | None = None, guidance_scale: float = 7.5, num_images: int = 1,
             seed: int | None = None, generator: torch.Generator | None = None, noise_device="cpu", callback=None,
             output: str = "pil", return_trajectory: bool | str = False, progress: bool = False,
             non_finite: str = "error", memory: MemoryOptions | None = None, original_size=None,
@@ -705,9 +673,11 @@ def inpaint(sd, image, mask, prompt, *, strength: float = 1.0, strength_rule: st
     size = _image_size(image)
     _validate_image_size(sd, size, "image")
     request = _request(sd, prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-                       target_size, size, sampler, steps, spacing, eta, sampler_options, seed, noise_device, output,
+                       target_size, size,
+                       sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
+                       seed, noise_device, output,
                        return_trajectory, progress, non_finite, memory, Strength(strength, strength_rule))
-    timesteps, t_noise = _kept_timesteps(request, _validate(sd, request, generator, callback))
+    grid, noise_grid = _strength_grids(request, _validate(sd, request, generator, callback))
     strength = request.strength.strength
     with _memory_context(sd, request.memory):
         run = _start(sd, request, generator, callback)
@@ -716,7 +686,7 @@ def inpaint(sd, image, mask, prompt, *, strength: float = 1.0, strength_rule: st
         shape = size.latent_shape(request.conditioning.batch, sd.config.unet.out_channels, f)
         z0 = None if strength == 1 and is_inpainting_model(sd) else encode_image(sd, image, run.generator).expand(shape)
         noise = randn(shape, run.generator, sd.device)
-        x = noise if strength == 1 else _noised(sd, z0, t_noise, noise)
+        x = noise if strength == 1 else _noised(z0, noise_grid, noise)
         if strength == 1:  # AUTOMATIC1111 writes no "Denoising strength" for inpainting from pure noise
             run = _Run(run.sd, _without_strength(request), run.c, run.uc, run.generator, run.seed, run.callback)
         if is_inpainting_model(sd):
@@ -724,8 +694,8 @@ def inpaint(sd, image, mask, prompt, *, strength: float = 1.0, strength_rule: st
             c_concat = torch.cat([latent_mask, masked_image_latents], dim=1).expand(shape[0], -1, -1, -1)
             run = _Run(run.sd, run.request, run.c | {"c_concat": c_concat}, run.uc | {"c_concat": c_concat},
                        run.generator, run.seed, run.callback)
-            return _finish(run, *_denoise(run, x, timesteps))
-        return _finish(run, *_denoise(run, x, timesteps, _blend_known_region(sd, z0, latent_mask, noise, timesteps)))
+            return _finish(run, *_denoise(run, x, grid))
+        return _finish(run, *_denoise(run, x, grid, _blend_known_region(z0, latent_mask, noise, grid)))
 
 
 def _without_strength(request: Request) -> Request:
@@ -734,19 +704,16 @@ def _without_strength(request: Request) -> Request:
     return replace(request, strength=None)
 
 
-def _blend_known_region(sd, z0: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor, timesteps: np.ndarray):
-    """The step hook of 4-channel inpainting. It writes into the sampler's ``x`` in place, so the next
-    step starts from the blended latents. CompVis's samplers (``mask=``, ``x0=``) blend *before* each
-    step with fresh noise; diffusers blends *after* each step with the initial noise, as here."""
-    descending = [int(t) for t in timesteps[::-1]]
+def _blend_known_region(z0: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor, grid: SamplingGrid):
+    """The step hook of 4-channel inpainting: after step ``i`` the next step starts from
+    ``mask * x + (1 - mask) * known``, a new tensor (``x`` itself is not touched), where ``known`` is
+    the image noised to the level step ``i`` went to, and ``z_0`` itself after the last step.
+    CompVis's samplers (``mask=``, ``x0=``) blend *before* each step with fresh noise; diffusers blends
+    *after* each step with the initial noise, as here."""
 
     def hook(i, t, x, pred_x0):
-        if i + 1 < len(descending):
-            t_next = torch.full((x.shape[0],), descending[i + 1])
-            known = q_sample(z0, t_next, noise, sd.schedule)
-        else:
-            known = z0
-        x.copy_(mask * x + (1 - mask) * known)
+        known = grid.noised(i + 1, z0, noise) if i + 1 < grid.num_steps else z0  # the level step i went to
+        return mask * x + (1 - mask) * known
 
     return hook
 

@@ -348,10 +348,11 @@ def infotext_fields(sampler, conditioning: Conditioning, size: ImageSize, seed: 
                     strength: Strength | None = None) -> dict:
     """AUTOMATIC1111's ``parameters`` fields (:func:`diffusion_notes.images.format_parameters`) of one request.
 
-    ``sampler`` provides ``steps``, ``label`` and ``eta``; ``seed`` is the seed actually used (None
-    when the caller's own generator was used: no seed could honestly be written).
+    ``sampler`` (a :class:`~diffusion_notes.sampling.SamplerSettings`) provides ``steps``, ``label`` and
+    the ``eta`` given; ``seed`` is the seed actually used (None when the caller's own generator was
+    used: no seed could honestly be written).
     """
-    eta = getattr(sampler, "eta", 0.0)
+    eta = sampler.options.get("eta")
     return dict(steps=sampler.steps, sampler=sampler.label, cfg_scale=conditioning.guidance_scale, seed=seed,
                 size=size.label, eta=eta if eta else None,
                 denoising_strength=strength.strength if strength is not None else None)

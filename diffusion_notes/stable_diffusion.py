@@ -135,7 +135,8 @@ class StableDiffusion(nn.Module):
         """Load a diffusers-layout folder (or a hub id, through the HF cache / the hub when online).
 
         Reads safetensors (``.bin`` through ``torch.load(weights_only=True)``); ``torch_dtype=None``
-        means float32. ``prediction_type`` ("eps"/"v") overrides the scheduler config's.
+        means the device's default (:func:`diffusion_notes.precision.default_dtype`: fp16 on CUDA,
+        bf16 on CPUs with native bf16, else fp32; diffusers' default is always fp32). ``prediction_type`` ("eps"/"v") overrides the scheduler config's.
         """
         from .checkpoints.diffusers_folder import load_diffusers_folder
 

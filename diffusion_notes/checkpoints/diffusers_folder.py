@@ -17,6 +17,7 @@ from ..models.config import SCALE_FACTORS, TEXT_SPECS
 from ..models.text import PromptEncoder
 from ..models.unet import UNetModel
 from ..models.vae import AutoencoderKL
+from ..precision import default_dtype
 from ..schedules import DIFFUSERS_NAMES, SD_BETA_RANGE, NoiseSchedule
 from . import diffusers_layout as layout
 from .building import DIFFUSERS_PREDICTION, build, build_clip, prediction_name
@@ -58,7 +59,7 @@ def load_diffusers_folder(cls, folder_or_hub_id, torch_dtype: torch.dtype | None
     model = cls(config, build(UNetModel, unet_config, unet_sd, "UNet", "unet/"),
                 build(AutoencoderKL, vae_config, vae_sd, "VAE", "vae/"),
                 _folder_prompt_encoder(root, family), _schedule_from_scheduler(scheduler))
-    return model.to(device, torch_dtype or torch.float32)
+    return model.to(device, torch_dtype or default_dtype(device))
 
 
 def weights_file(folder: Path) -> Path:

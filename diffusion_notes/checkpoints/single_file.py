@@ -18,6 +18,7 @@ from ..models.config import SCALE_FACTORS, TEXT_SPECS
 from ..models.text import PromptEncoder, clip_transformer
 from ..models.unet import UNetModel
 from ..models.vae import AutoencoderKL
+from ..precision import default_dtype
 from ..schedules import NoiseSchedule
 from . import detect
 from .building import build, build_clip, clip_state_dict, prediction_name, token_ids
@@ -58,7 +59,7 @@ def load_single_file(cls, path, config=None, tokenizer=None, prediction_type: st
     schedule = NoiseSchedule.from_name("scaled_linear", yaml.timesteps, linear_start=yaml.linear_start,
                                        linear_end=yaml.linear_end)
     model = cls(sd_config, unet, vae, PromptEncoder(tokenizers, encoders, TEXT_SPECS[arch.family]), schedule)
-    return model.to(device, torch_dtype or torch.float32)
+    return model.to(device, torch_dtype or default_dtype(device))
 
 
 def _text_encoders(state_dict: dict, family: str, tokenizers: list) -> list[nn.Module]:

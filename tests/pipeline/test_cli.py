@@ -114,7 +114,7 @@ def _error_cases(folder, pictures):
         "no steps": (txt + ["--ddim_steps", "0"], "from 1 to 1000"),
         "too many steps": (txt + ["--ddim_steps", "1001"], "from 1 to 1000"),
         "steps past the end": (txt + ["--ddim_steps", "600"], "past the end of the 1000-step schedule"),
-        "eta": (txt + ["--ddim_eta", "-0.1"], "--ddim_eta must be >= 0"),
+        "eta": (txt + ["--ddim", "--ddim_eta", "-0.1"], "--ddim_eta must be >= 0"),
         "eta with plms": (txt + ["--ddim_eta", "0.5"], "--ddim_eta applies to the ddim sampler only"),
         "scale": (txt + ["--scale", "-2"], "--scale must be >= 0.0, got -2.0 (1 = no guidance"),
         "strength": (i2i + ["--strength", "1.5"], "--strength must be between 0.0 and 1.0"),
