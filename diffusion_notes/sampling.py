@@ -237,6 +237,7 @@ def sample(
     grid: SamplingGrid | None = None,
     generator: torch.Generator | None = None,
     callback: Callable | None = None,
+    step_hook: Callable | None = None,
     return_trajectory: bool = False,
     ddpm_variance: str | None = None,
     clip_denoised: bool | None = None,
@@ -256,6 +257,9 @@ def sample(
     * ``generator``: the source of all noise; drawn on the generator's device, so a CPU generator makes
       results device independent.
     * ``callback(i, t, x, pred_x0)`` is called after every step (``t``: the level the step started from).
+    * ``step_hook(i, t, x, pred_x0) -> x'``, called after every step before ``callback``, returns the
+      latents the sampler continues from (e.g. inpainting's blend of the known region); a new tensor
+      of ``x``'s shape, which the loop then carries on from (``x`` itself is overwritten with it).
     """
     given = {"eta": eta, "set_alpha_to_one": set_alpha_to_one, "ddpm_variance": ddpm_variance, "clip_denoised": clip_denoised}
     given = {k: v for k, v in given.items() if v is not None}
@@ -279,6 +283,12 @@ def sample(
     for step in settings.spec.fn(model, x_T, grid, noise, **settings.sampler_options()):
         x = step.x
         t = _as_number(step.t)
+        if step_hook is not None:
+            hooked = step_hook(step.i, t, x, step.pred_x0)
+            if not isinstance(hooked, torch.Tensor) or hooked.shape != x.shape:
+                raise ValueError(f"step_hook must return a tensor of x's shape {tuple(x.shape)}, got "
+                                 f"{getattr(hooked, 'shape', type(hooked).__name__)}")
+            x.copy_(hooked)  # the registered loop continues from the tensor it yielded
         if not torch.isfinite(x).all():
             raise FloatingPointError(f"the {settings.sampler} sampler's x became NaN/inf at step {step.i} (timestep {t})")
         if trajectory is not None:

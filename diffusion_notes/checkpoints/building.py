@@ -1,8 +1,8 @@
 """Building networks from loaded tensors without allocating their weights twice.
 
-Every network is built on the ``meta`` device and receives the memory-mapped tensors with
-``load_state_dict(assign=True)`` (a dtype cast, e.g. of an fp16 file to the default float32, makes
-the one copy that is kept). Shared by the single-file and the diffusers-folder readers.
+Every network is built on the ``meta`` device and receives the loaded tensors with
+``load_state_dict(assign=True)``; the readers have already converted them to the wanted dtype, one
+tensor at a time (``checkpoints.io.load_state_dict(dtype=)``), so that copy is the one kept. Shared by the single-file and the diffusers-folder readers.
 """
 
 from __future__ import annotations

@@ -54,12 +54,13 @@ def load_diffusers_folder(cls, folder_or_hub_id, torch_dtype: torch.dtype | None
         prediction_name(prediction_type or scheduler.get("prediction_type", "epsilon")),
         vae_json.get("scaling_factor", SCALE_FACTORS[family]),
     )
-    unet_sd = layout.unet_from_diffusers(load_state_dict(weights_file(root / "unet")), unet_config)
-    vae_sd = layout.vae_from_diffusers(load_state_dict(weights_file(root / "vae")), vae_config)
+    dtype = torch_dtype or default_dtype(device)  # weights are converted as read (checkpoints.io)
+    unet_sd = layout.unet_from_diffusers(load_state_dict(weights_file(root / "unet"), dtype=dtype), unet_config)
+    vae_sd = layout.vae_from_diffusers(load_state_dict(weights_file(root / "vae"), dtype=dtype), vae_config)
     model = cls(config, build(UNetModel, unet_config, unet_sd, "UNet", "unet/"),
                 build(AutoencoderKL, vae_config, vae_sd, "VAE", "vae/"),
-                _folder_prompt_encoder(root, family), _schedule_from_scheduler(scheduler))
-    return model.to(device, torch_dtype or default_dtype(device))
+                _folder_prompt_encoder(root, family, dtype), _schedule_from_scheduler(scheduler))
+    return model.to(device, dtype)
 
 
 def weights_file(folder: Path) -> Path:
@@ -99,7 +100,7 @@ def _schedule_from_scheduler(scheduler: dict) -> NoiseSchedule:
                                    linear_end=scheduler.get("beta_end", SD_BETA_RANGE[1]))
 
 
-def _folder_prompt_encoder(root: Path, family: str) -> PromptEncoder:
+def _folder_prompt_encoder(root: Path, family: str, dtype: torch.dtype | None = None) -> PromptEncoder:
     from transformers import CLIPTextConfig
 
     specs = TEXT_SPECS[family]
@@ -109,7 +110,7 @@ def _folder_prompt_encoder(root: Path, family: str) -> PromptEncoder:
         folder = root / f"text_encoder{suffix}"
         read_json(folder / "config.json")  # a clear error if it is missing
         config = CLIPTextConfig.from_pretrained(str(folder))
-        weights = load_state_dict(weights_file(folder))
+        weights = load_state_dict(weights_file(folder), dtype=dtype)
         encoders.append(build_clip(config, weights, spec.pooled, "text encoder", f"text_encoder{suffix}/"))
         tokenizers.append(load_tokenizer(root / f"tokenizer{suffix}"))
     return PromptEncoder(tokenizers, encoders, specs)

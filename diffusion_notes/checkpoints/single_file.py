@@ -41,7 +41,9 @@ def load_single_file(cls, path, config=None, tokenizer=None, prediction_type: st
     see :meth:`StableDiffusion.from_single_file`."""
     from ..stable_diffusion import StableDiffusionConfig
 
-    state_dict = pick_ema(load_state_dict(path), use_ema)
+    dtype = torch_dtype or default_dtype(device)
+    # Converted as read, tensor by tensor (checkpoints.io); EMA copies that will not be used are never read.
+    state_dict = pick_ema(load_state_dict(path, dtype=dtype, skip=None if use_ema else _is_unused_ema), use_ema)
     arch = detect.detect_architecture(state_dict)
     yaml = detect.read_original_yaml(config) if config is not None else detect.OriginalConfig()
     unet_config = detect.apply_yaml_unet(arch.unet, yaml.unet_params, config)
@@ -59,7 +61,11 @@ def load_single_file(cls, path, config=None, tokenizer=None, prediction_type: st
     schedule = NoiseSchedule.from_name("scaled_linear", yaml.timesteps, linear_start=yaml.linear_start,
                                        linear_end=yaml.linear_end)
     model = cls(sd_config, unet, vae, PromptEncoder(tokenizers, encoders, TEXT_SPECS[arch.family]), schedule)
-    return model.to(device, torch_dtype or default_dtype(device))
+    return model.to(device, dtype)
+
+
+def _is_unused_ema(name: str) -> bool:
+    return name.startswith("model_ema.")
 
 
 def _text_encoders(state_dict: dict, family: str, tokenizers: list) -> list[nn.Module]:
