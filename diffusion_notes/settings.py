@@ -174,7 +174,8 @@ class ImageSize:
         for option in ("height", "width"):
             value = check_integer(option, getattr(self, option), 1, _MAX_SIDE, hint=" (pixels)")
             if value % multiple:
-                nearest = max(multiple, round(value / multiple) * multiple)
+                below, above = value // multiple * multiple, (value // multiple + 1) * multiple
+                nearest = f"{below} or {above}" if below else f"{above}"
                 raise SettingsError(option, f"{option} {value} is not a multiple of {multiple} (the VAE's "
                                     f"downsampling factor for this model); use {nearest}")
 
