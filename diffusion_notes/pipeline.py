@@ -553,18 +553,6 @@ def _image_size(image: torch.Tensor) -> ImageSize:
     return ImageSize(int(image.shape[-2]), int(image.shape[-1]))
 
 
-def _validate_image_size(sd, size: ImageSize, option: str) -> None:
-    """The image's own size under the one size rule, reported against ``option`` (``image``)."""
-    try:
-        size.validate(vae_factor(sd))
-    except SettingsError as err:
-        f = vae_factor(sd)
-        nearest = "x".join(str(max(f, round(v / f) * f)) for v in (size.width, size.height))
-        raise SettingsError(option, f"the {option} is {size.width}x{size.height} (width x height); both sides must be "
-                            f"multiples of {f} for this model (the VAE's factor): resize or crop it to {nearest}") \
-            from err
-
-
 def _strength_grids(request: Request, grid: SamplingGrid) -> tuple[SamplingGrid, SamplingGrid | None]:
     """The grid img2img denoises over (the last steps of the run) and the grid whose first level the
     image is noised to (the same for the diffusers rule, one level higher for CompVis's; None: no noise)."""
@@ -621,7 +609,7 @@ def img2img(sd, image, prompt, *, strength: float = 0.75, strength_rule: str = "
     _refuse_inpainting_model(sd, "img2img")
     image = image_to_tensor(image, "image")
     size = _image_size(image)
-    _validate_image_size(sd, size, "image")
+    size.validate_image(vae_factor(sd))
     request = _request(sd, prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
                        target_size, size,
                        sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
@@ -671,7 +659,7 @@ def inpaint(sd, image, mask, prompt, *, strength: float = 1.0, strength_rule: st
         raise SettingsError("mask", "the mask is black everywhere, so there is nothing to repaint; paint white (1) "
                             "where the image should change")
     size = _image_size(image)
-    _validate_image_size(sd, size, "image")
+    size.validate_image(vae_factor(sd))
     request = _request(sd, prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
                        target_size, size,
                        sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),

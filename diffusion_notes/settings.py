@@ -182,6 +182,16 @@ class ImageSize:
     def latent_shape(self, batch: int, channels: int, multiple: int) -> tuple[int, int, int, int]:
         return (batch, channels, self.height // multiple, self.width // multiple)
 
+    def validate_image(self, multiple: int, option: str = "image") -> None:
+        """:meth:`validate` for a size that comes from a picture: reported against ``option``."""
+        try:
+            self.validate(multiple)
+        except SettingsError as err:
+            nearest = "x".join(str(max(multiple, round(v / multiple) * multiple)) for v in (self.width, self.height))
+            raise SettingsError(option, f"the {option} is {self.width}x{self.height} (width x height); both sides "
+                                f"must be multiples of {multiple} for this model (the VAE's factor): resize or crop "
+                                f"it to {nearest}") from err
+
     @property
     def label(self) -> str:
         """AUTOMATIC1111's ``Size: WxH``."""
