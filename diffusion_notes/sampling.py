@@ -66,7 +66,7 @@ class SamplerSettings:
       unspecified ones take the sampler's defaults (``SamplerSpec.options``);
     * ``quantize``: evaluate the model at the nearest trained (integer) timestep instead of the
       real-valued one (k-diffusion's ``DiscreteEpsDDPMDenoiser(quantize=True)``; diffusers' DPM-Solver
-      and UniPC round their Karras timesteps so).
+      and UniPC round their Karras timesteps so); may also be given as ``options={"quantize": True}``.
     """
 
     sampler: str = "plms"
@@ -78,7 +78,10 @@ class SamplerSettings:
     quantize: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        options = dict(self.options)
+        if "quantize" in options:  # accepted among the options too (the pipeline's sampler_options)
+            object.__setattr__(self, "quantize", options.pop("quantize"))
+        object.__setattr__(self, "options", MappingProxyType(options))
 
     @property
     def spec(self):
@@ -107,7 +110,8 @@ class SamplerSettings:
                 continue
             if name not in spec.options:
                 takers = [s.name for s in SAMPLERS.values() if name in s.options]
-                where = f"{name} applies to the {', '.join(takers)} sampler{'s' if len(takers) > 1 else ''} only; " if takers else f"no sampler takes an option {name!r}; "
+                also = f" (and to {', '.join(takers[1:])})" if len(takers) > 1 else ""
+                where = f"{name} applies to the {takers[0]} sampler only{also}; " if takers else f"no sampler takes an option {name!r}; "
                 taken = ", ".join([*spec.options, *GRID_OPTIONS])
                 raise SettingsError(name, f"{where}the {self.sampler} sampler takes {taken}")
             _check_option_value(name, value, spec.options[name], spec.choices.get(name, ()))

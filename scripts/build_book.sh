@@ -6,9 +6,10 @@
 #
 # Sphinx + myst-nb (configuration: book/conf.py). The notebooks are read in place and not executed: the book
 # shows their committed outputs. Formulas are rendered by MathJax, shipped inside the site (no network needed).
-# Needs the dev extra (pip install -e ".[dev]"). Warnings are printed, and fail the build.
+# Needs the dev extra (pip install -e ".[dev]"). Warnings are printed (tests/test_book.py fails on those about
+# missing link targets, images or documents).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-_build/book}"
-python -m sphinx -b html -c book -W --keep-going -q . "$out"
+python -m sphinx -b html -c book -q . "$out"
 echo "book built: $out/book/index.html"

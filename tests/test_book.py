@@ -38,7 +38,14 @@ def site(tmp_path_factory) -> Path:
     result = subprocess.run(["bash", str(ROOT / "scripts" / "build_book.sh"), str(out)], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
+    broken = [line for line in result.stderr.splitlines() if "WARNING" in line and any(kind in line for kind in _BROKEN)]
+    assert not broken, "the book has broken references:\n" + "\n".join(broken)
     return out
+
+
+#: Sphinx / myst warnings that mean a link, image or page is missing (other warnings are only printed).
+_BROKEN = ("xref_missing", "not found", "image file not readable", "undefined label", "nonexisting document",
+           "isn't included in any toctree", "unknown document")
 
 
 class _Elements(HTMLParser):

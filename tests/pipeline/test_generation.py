@@ -128,7 +128,7 @@ def test_inpaint_with_a_4_channel_model_keeps_the_unmasked_latents(ours):
     (dict(steps=2000), "number of sampling steps"),
     (dict(guidance_scale=-1), "guidance_scale must be >= 0"),
     (dict(eta=-0.5), "eta must be >= 0"),
-    (dict(sampler="euler"), "sampler must be one of"),
+    (dict(sampler="bogus"), "sampler must be one of"),
     (dict(output="jpeg"), "output must be one of"),
     (dict(latents=torch.zeros(1, 4, 8, 8)), "latents must have shape"),
 ])
