@@ -439,16 +439,10 @@ def sampler_settings(sampler: str = "plms", steps: int = 50, sigma_schedule: str
     return SamplerSettings(sampler, steps, sigma_schedule, spacing, steps_offset, options)
 
 
-def _request(sd, prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-             target_size, size, sampler: SamplerSettings, seed, noise_device, output, return_trajectory, progress,
-             non_finite, memory, strength=None) -> Request:
+def _memory(memory) -> MemoryOptions:
     if memory is not None and not isinstance(memory, MemoryOptions):
         raise SettingsError("memory", f"memory must be a MemoryOptions, got {type(memory).__name__}")
-    return Request(
-        Conditioning(prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-                     target_size),
-        size, sampler, Seed(seed, noise_device), OutputOptions(output, return_trajectory, progress, non_finite),
-        memory or MemoryOptions(), strength)
+    return memory or MemoryOptions()
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,11 +480,14 @@ def txt2img(sd, prompt, *, negative_prompt="", sampler: str = "plms", steps: int
     _refuse_inpainting_model(sd, "txt2img")
     default_h, default_w = default_size(sd)
     size = ImageSize(default_h if height is None else height, default_w if width is None else width)
-    request = _request(sd, prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-                       target_size, size,
-                       sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
-                       seed, noise_device, output,
-                       return_trajectory, progress, non_finite, memory)
+    request = Request(
+        Conditioning(prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
+                     target_size),
+        size,
+        sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
+        Seed(seed, noise_device),
+        OutputOptions(output, return_trajectory, progress, non_finite),
+        _memory(memory))
     grid = _validate(sd, request, generator, callback)
     shape = size.latent_shape(request.conditioning.batch, sd.config.unet.out_channels, vae_factor(sd))
     if latents is not None:
@@ -610,11 +607,15 @@ def img2img(sd, image, prompt, *, strength: float = 0.75, strength_rule: str = "
     image = image_to_tensor(image, "image")
     size = _image_size(image)
     size.validate_image(vae_factor(sd))
-    request = _request(sd, prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-                       target_size, size,
-                       sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
-                       seed, noise_device, output,
-                       return_trajectory, progress, non_finite, memory, Strength(strength, strength_rule))
+    request = Request(
+        Conditioning(prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
+                     target_size),
+        size,
+        sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
+        Seed(seed, noise_device),
+        OutputOptions(output, return_trajectory, progress, non_finite),
+        _memory(memory),
+        Strength(strength, strength_rule))
     grid, noise_grid = _strength_grids(request, _validate(sd, request, generator, callback))
     with _memory_context(sd, request.memory):
         run = _start(sd, request, generator, callback)
@@ -660,11 +661,15 @@ def inpaint(sd, image, mask, prompt, *, strength: float = 1.0, strength_rule: st
                             "where the image should change")
     size = _image_size(image)
     size.validate_image(vae_factor(sd))
-    request = _request(sd, prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-                       target_size, size,
-                       sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
-                       seed, noise_device, output,
-                       return_trajectory, progress, non_finite, memory, Strength(strength, strength_rule))
+    request = Request(
+        Conditioning(prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
+                     target_size),
+        size,
+        sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
+        Seed(seed, noise_device),
+        OutputOptions(output, return_trajectory, progress, non_finite),
+        _memory(memory),
+        Strength(strength, strength_rule))
     grid, noise_grid = _strength_grids(request, _validate(sd, request, generator, callback))
     strength = request.strength.strength
     with _memory_context(sd, request.memory):
