@@ -303,7 +303,10 @@ def _check_sizes_before_loading(args, command: str, image, prompts: list[str]) -
     if height is None and width is None:
         return  # the model's default size
     size = ImageSize(height if height is not None else width, width if width is not None else height)
-    size.validate(geometry.factor if geometry else 1)
+    if command == "txt2img":
+        size.validate(geometry.factor if geometry else 1)
+    else:
+        size.validate_image(geometry.factor if geometry else 1)
     if geometry:
         memory = MemoryOptions(vae_slicing=args.slice_vae, vae_tiling=args.tile_vae)
         check_fits_in_memory(size, args.n_samples, geometry.factor, _device(args.device), geometry.channels, memory)
@@ -350,7 +353,7 @@ def _check_against_model(sd, args, command: str, sampler: str, image) -> None:
     if command == "txt2img":
         ImageSize(args.H or default_h, args.W or default_w).validate(pipeline.vae_factor(sd))
     else:
-        pipeline._validate_image_size(sd, ImageSize(*image.shape[-2:]), "image")
+        ImageSize(*image.shape[-2:]).validate_image(pipeline.vae_factor(sd))
 
 
 def _next_number(folder: Path, pattern: str) -> int:

@@ -439,16 +439,10 @@ def sampler_settings(sampler: str = "plms", steps: int = 50, sigma_schedule: str
     return SamplerSettings(sampler, steps, sigma_schedule, spacing, steps_offset, options)
 
 
-def _request(sd, prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-             target_size, size, sampler: SamplerSettings, seed, noise_device, output, return_trajectory, progress,
-             non_finite, memory, strength=None) -> Request:
+def _memory(memory) -> MemoryOptions:
     if memory is not None and not isinstance(memory, MemoryOptions):
         raise SettingsError("memory", f"memory must be a MemoryOptions, got {type(memory).__name__}")
-    return Request(
-        Conditioning(prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-                     target_size),
-        size, sampler, Seed(seed, noise_device), OutputOptions(output, return_trajectory, progress, non_finite),
-        memory or MemoryOptions(), strength)
+    return memory or MemoryOptions()
 
 
 # --------------------------------------------------------------------------------------------
@@ -486,11 +480,14 @@ def txt2img(sd, prompt, *, negative_prompt="", sampler: str = "plms", steps: int
     _refuse_inpainting_model(sd, "txt2img")
     default_h, default_w = default_size(sd)
     size = ImageSize(default_h if height is None else height, default_w if width is None else width)
-    request = _request(sd, prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-                       target_size, size,
-                       sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
-                       seed, noise_device, output,
-                       return_trajectory, progress, non_finite, memory)
+    request = Request(
+        Conditioning(prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
+                     target_size),
+        size,
+        sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
+        Seed(seed, noise_device),
+        OutputOptions(output, return_trajectory, progress, non_finite),
+        _memory(memory))
     grid = _validate(sd, request, generator, callback)
     shape = size.latent_shape(request.conditioning.batch, sd.config.unet.out_channels, vae_factor(sd))
     if latents is not None:
@@ -553,18 +550,6 @@ def _image_size(image: torch.Tensor) -> ImageSize:
     return ImageSize(int(image.shape[-2]), int(image.shape[-1]))
 
 
-def _validate_image_size(sd, size: ImageSize, option: str) -> None:
-    """The image's own size under the one size rule, reported against ``option`` (``image``)."""
-    try:
-        size.validate(vae_factor(sd))
-    except SettingsError as err:
-        f = vae_factor(sd)
-        nearest = "x".join(str(max(f, round(v / f) * f)) for v in (size.width, size.height))
-        raise SettingsError(option, f"the {option} is {size.width}x{size.height} (width x height); both sides must be "
-                            f"multiples of {f} for this model (the VAE's factor): resize or crop it to {nearest}") \
-            from err
-
-
 def _strength_grids(request: Request, grid: SamplingGrid) -> tuple[SamplingGrid, SamplingGrid | None]:
     """The grid img2img denoises over (the last steps of the run) and the grid whose first level the
     image is noised to (the same for the diffusers rule, one level higher for CompVis's; None: no noise)."""
@@ -621,12 +606,16 @@ def img2img(sd, image, prompt, *, strength: float = 0.75, strength_rule: str = "
     _refuse_inpainting_model(sd, "img2img")
     image = image_to_tensor(image, "image")
     size = _image_size(image)
-    _validate_image_size(sd, size, "image")
-    request = _request(sd, prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-                       target_size, size,
-                       sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
-                       seed, noise_device, output,
-                       return_trajectory, progress, non_finite, memory, Strength(strength, strength_rule))
+    size.validate_image(vae_factor(sd))
+    request = Request(
+        Conditioning(prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
+                     target_size),
+        size,
+        sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
+        Seed(seed, noise_device),
+        OutputOptions(output, return_trajectory, progress, non_finite),
+        _memory(memory),
+        Strength(strength, strength_rule))
     grid, noise_grid = _strength_grids(request, _validate(sd, request, generator, callback))
     with _memory_context(sd, request.memory):
         run = _start(sd, request, generator, callback)
@@ -671,12 +660,16 @@ def inpaint(sd, image, mask, prompt, *, strength: float = 1.0, strength_rule: st
         raise SettingsError("mask", "the mask is black everywhere, so there is nothing to repaint; paint white (1) "
                             "where the image should change")
     size = _image_size(image)
-    _validate_image_size(sd, size, "image")
-    request = _request(sd, prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-                       target_size, size,
-                       sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
-                       seed, noise_device, output,
-                       return_trajectory, progress, non_finite, memory, Strength(strength, strength_rule))
+    size.validate_image(vae_factor(sd))
+    request = Request(
+        Conditioning(prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
+                     target_size),
+        size,
+        sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
+        Seed(seed, noise_device),
+        OutputOptions(output, return_trajectory, progress, non_finite),
+        _memory(memory),
+        Strength(strength, strength_rule))
     grid, noise_grid = _strength_grids(request, _validate(sd, request, generator, callback))
     strength = request.strength.strength
     with _memory_context(sd, request.memory):

@@ -174,12 +174,23 @@ class ImageSize:
         for option in ("height", "width"):
             value = check_integer(option, getattr(self, option), 1, _MAX_SIDE, hint=" (pixels)")
             if value % multiple:
-                nearest = max(multiple, round(value / multiple) * multiple)
+                below, above = value // multiple * multiple, (value // multiple + 1) * multiple
+                nearest = f"{below} or {above}" if below else f"{above}"
                 raise SettingsError(option, f"{option} {value} is not a multiple of {multiple} (the VAE's "
                                     f"downsampling factor for this model); use {nearest}")
 
     def latent_shape(self, batch: int, channels: int, multiple: int) -> tuple[int, int, int, int]:
         return (batch, channels, self.height // multiple, self.width // multiple)
+
+    def validate_image(self, multiple: int, option: str = "image") -> None:
+        """:meth:`validate` for a size that comes from a picture: reported against ``option``."""
+        try:
+            self.validate(multiple)
+        except SettingsError as err:
+            nearest = "x".join(str(max(multiple, round(v / multiple) * multiple)) for v in (self.width, self.height))
+            raise SettingsError(option, f"the {option} is {self.width}x{self.height} (width x height); both sides "
+                                f"must be multiples of {multiple} for this model (the VAE's factor): resize or crop "
+                                f"it to {nearest}") from err
 
     @property
     def label(self) -> str:

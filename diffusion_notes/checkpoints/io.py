@@ -128,7 +128,7 @@ def _sniff(path: Path) -> str:
     if head.startswith(_ZIP_MAGIC):
         return "zip"
     # Before the pickle test: a safetensors header length can itself start with the byte 0x80.
-    if len(head) > 8 and head[8:9] == b"{":
+    if len(head) > 8 and head[8:9] in (b"{", b"["):  # JSON: a header that is not an object is refused later
         return "safetensors"
     if head[0] == _PICKLE_PROTO:
         return "pickle"
