@@ -114,6 +114,9 @@ def _sniff(path: Path) -> str:
             f"{path}: this is a folder, not a checkpoint file: "
             "use StableDiffusion.from_pretrained for diffusers folders."
         )
+    if not path.is_file():
+        raise CheckpointError(f"{path}: not a regular file (a named pipe, a device or a socket); nothing was read "
+                              "from it. Give the path of a checkpoint file.")
     with open(path, "rb") as f:
         head = f.read(len(_LFS_POINTER))
     if not head:
@@ -125,7 +128,7 @@ def _sniff(path: Path) -> str:
     if head.startswith(_ZIP_MAGIC):
         return "zip"
     # Before the pickle test: a safetensors header length can itself start with the byte 0x80.
-    if len(head) > 8 and head[8:9] == b"{":
+    if len(head) > 8 and head[8:9] in (b"{", b"["):  # JSON: a header that is not an object is refused later
         return "safetensors"
     if head[0] == _PICKLE_PROTO:
         return "pickle"
@@ -162,7 +165,7 @@ def _safetensors_header(path: Path) -> tuple[int, dict]:
     """
     size = path.stat().st_size
     with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8))
+        (header_len,) = struct.unpack("<Q", f.read(8).ljust(8, b"\0"))
         if header_len > _SAFETENSORS_MAX_HEADER or 8 + header_len > size:
             raise _truncated(path, f"its header claims {header_len} bytes but the file has {size}")
         try:
@@ -170,14 +173,47 @@ def _safetensors_header(path: Path) -> tuple[int, dict]:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise _truncated(path, "its JSON header is malformed") from exc
     data_size = size - 8 - header_len
-    try:
-        tensors = [info for name, info in header.items() if name != "__metadata__"]
-        data_end = max((info["data_offsets"][1] for info in tensors), default=0)
-    except (AttributeError, KeyError, IndexError, TypeError) as exc:
-        raise _truncated(path, "its header lacks data_offsets") from exc
-    if data_end > data_size:
-        raise _truncated(path, f"its tensors need {data_end} data bytes but only {data_size} are present")
+    _check_header(path, header, data_size)
     return 8 + header_len, header
+
+
+def _check_header(path: Path, header, data_size: int) -> None:
+    """Every entry of a safetensors header well formed, before a single tensor is read: a JSON object;
+    each tensor a known ``dtype``, a ``shape`` of non-negative integers and ``data_offsets`` ``[begin,
+    end]`` inside the data whose length is the shape's bytes, no two tensors' bytes overlapping;
+    ``__metadata__`` a str -> str table. (The format's specification: huggingface/safetensors README.)"""
+    if not isinstance(header, dict):
+        raise _truncated(path, f"its JSON header is a {type(header).__name__}, not an object of tensors")
+    metadata = header.get("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        raise _truncated(path, "its __metadata__ is not a table of strings")
+    ranges = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if not isinstance(info, dict):
+            raise _truncated(path, f"tensor {name!r} is described by a {type(info).__name__}, not an object")
+        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in _SAFETENSORS_DTYPES:
+            raise _truncated(path, f"tensor {name!r} has dtype {dtype!r}; known: {', '.join(_SAFETENSORS_DTYPES)}")
+        if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
+            raise _truncated(path, f"tensor {name!r} has shape {shape!r}, not a list of non-negative integers")
+        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(n) for n in offsets)):
+            raise _truncated(path, f"tensor {name!r} has data_offsets {offsets!r}, not [begin, end]")
+        begin, end = offsets
+        if begin > end or end > data_size:
+            raise _truncated(path, f"tensor {name!r} needs data bytes {begin}..{end} but only {data_size} are present")
+        if math.prod(shape) * _SAFETENSORS_DTYPES[dtype].itemsize != end - begin:
+            raise _truncated(path, f"tensor {name!r} claims shape {shape} of {dtype} but {end - begin} bytes")
+        ranges.append((begin, end, name))
+    ranges.sort()
+    for (_, end, first), (begin, _, second) in zip(ranges, ranges[1:]):
+        if begin < end:
+            raise _truncated(path, f"tensors {first!r} and {second!r} claim the same data bytes")
+
+
+def _is_count(n) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
 
 
 def _truncated(path: Path, why: str) -> CheckpointError:

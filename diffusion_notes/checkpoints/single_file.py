@@ -21,6 +21,7 @@ from ..models.vae import AutoencoderKL
 from ..precision import default_dtype
 from ..schedules import NoiseSchedule
 from . import detect
+from .consistency import check_sibling_sizes
 from .building import build, build_clip, clip_state_dict, prediction_name, token_ids
 from .diffusers_folder import refuse_existing
 from .io import load_state_dict, pick_ema, save_state_dict
@@ -42,18 +43,32 @@ def load_single_file(cls, path, config=None, tokenizer=None, prediction_type: st
     from ..stable_diffusion import StableDiffusionConfig
 
     dtype = torch_dtype or default_dtype(device)
+    if prediction_type is not None:
+        prediction_name(prediction_type)  # a bad name fails before the weights are read
+    yaml = detect.read_original_yaml(config) if config is not None else detect.OriginalConfig()
     # Converted as read, tensor by tensor (checkpoints.io); EMA copies that will not be used are never read.
     state_dict = pick_ema(load_state_dict(path, dtype=dtype, skip=None if use_ema else _is_unused_ema), use_ema)
-    arch = detect.detect_architecture(state_dict)
-    yaml = detect.read_original_yaml(config) if config is not None else detect.OriginalConfig()
+    check_sibling_sizes(state_dict, path)
+    try:
+        arch = detect.detect_architecture(state_dict)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: lacks the tensor {exc.args[0]!r} that the architecture is read from; the "
+                              "file is incomplete or not a Stable Diffusion checkpoint.") from None
     unet_config = detect.apply_yaml_unet(arch.unet, yaml.unet_params, config)
     sd_config = StableDiffusionConfig(
         arch.family, unet_config, arch.vae, prediction_name(prediction_type or yaml.prediction_type),
         yaml.scale_factor or SCALE_FACTORS[arch.family],
     )
     tokenizers = single_file_tokenizers(arch.family, tokenizer)
-    unet = build(UNetModel, unet_config, detect.strip_prefix(state_dict, detect.UNET_PREFIX), "UNet",
-                 detect.UNET_PREFIX)
+    try:
+        unet = build(UNetModel, unet_config, detect.strip_prefix(state_dict, detect.UNET_PREFIX), "UNet",
+                     detect.UNET_PREFIX, str(config) if config is not None else None)
+    except (AssertionError, ZeroDivisionError, ValueError) as exc:  # heads that do not divide the widths
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{config}: its attention heads (num_heads / num_head_channels) do not fit the "
+                              f"weights' widths ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                              "this YAML describes another model.") from None
     # Training checkpoints keep the autoencoder's LPIPS/discriminator loss under first_stage_model.loss.
     vae_sd = {k: v for k, v in detect.strip_prefix(state_dict, detect.VAE_PREFIX).items() if not k.startswith("loss.")}
     vae = build(AutoencoderKL, arch.vae, vae_sd, "VAE", detect.VAE_PREFIX)

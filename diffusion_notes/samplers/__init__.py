@@ -14,3 +14,10 @@ from .ddpm import DDPM_VARIANCES, ddpm_step
 from .ddim import ddim_sigma, ddim_step
 from .plms import ADAMS_BASHFORTH, adams_bashforth, plms_step
 from .pndm import PRK_WARMUP_STEPS, prk_step
+
+# the σ samplers (Karras et al. 2022's view; AUTOMATIC1111's names in parentheses)
+from .sigma import ancestral_step, denoise, edm_scalings, to_d
+from .euler import euler_ancestral_step, euler_step, heun_step  # euler (Euler), euler_a (Euler a), heun (Heun)
+from .lms import lms_coefficient, lms_step  # lms (LMS)
+from .dpmpp import dpmpp_2m_sde_step, dpmpp_2m_step, dpmpp_2s_step, dpmpp_first_order_step  # DPM++ 2M, 2M SDE, 2S a
+from .unipc import unipc_bh2_update, unipc_coefficients  # unipc (UniPC)
