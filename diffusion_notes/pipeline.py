@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -58,10 +59,41 @@ from .settings import (
     infotext_fields,
 )
 
-__all__ = ["txt2img", "img2img", "inpaint", "Generation", "Request", "MemoryOptions", "NonFiniteDecodeWarning",
+__all__ = ["txt2img", "img2img", "inpaint", "Generation", "Request", "DiffusionModel", "sampler_settings", "MemoryOptions", "NonFiniteDecodeWarning",
            "NonFiniteOutputWarning", "NoDenoisingWarning", "decode", "decode_checked", "decode_tiled",
            "encode_image", "conditioning", "strength_timesteps", "default_size", "default_dtype", "vae_factor",
            "size_multiple", "check_size", "is_inpainting_model", "STRENGTH_RULES"]
+
+class DiffusionModel(Protocol):
+    """What the pipeline reads from its model (:class:`diffusion_notes.stable_diffusion.StableDiffusion`
+    is the one implementation): the three networks, the noise schedule and a few views of the config.
+
+    * ``unet(x, t, context, y=None)`` -> eps or v (``prediction_type``), shaped like ``x``;
+    * ``vae.encode(x)`` -> a diagonal Gaussian with ``.sample(generator)``; ``vae.decode(z)`` (unscaled ``z``);
+    * ``prompt_encoder`` (moved for text-encoder offloading), ``encode_prompt(prompts) -> (context, pooled)``,
+      ``sdxl_label(pooled, original_size, crop, target_size)``, ``tokenizer`` (prompt-length warnings);
+    * ``schedule`` (:class:`~diffusion_notes.schedules.NoiseSchedule`), ``config`` (``.unet``, ``.vae``),
+      ``family``, ``prediction_type``, ``scale_factor``, ``device``, ``dtype``, ``named_parameters()``.
+    """
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    prompt_encoder: torch.nn.Module
+    schedule: object
+    config: object
+    family: str
+    prediction_type: str
+    scale_factor: float
+    device: torch.device
+    dtype: torch.dtype
+    tokenizer: object
+
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    def sdxl_label(self, pooled, original_size, crop_top_left=(0, 0), target_size=None) -> torch.Tensor: ...
+
+    def named_parameters(self): ...
+
 
 class NonFiniteDecodeWarning(UserWarning):
     """The VAE produced inf/NaN in fp16/bf16 and the decode was repeated in float32."""
@@ -450,7 +482,7 @@ def _memory(memory) -> MemoryOptions:
 # --------------------------------------------------------------------------------------------
 
 
-def txt2img(sd, prompt, *, negative_prompt="", sampler: str = "plms", steps: int = 50,
+def txt2img(sd: DiffusionModel, prompt, *, negative_prompt="", sampler: str = "plms", steps: int = 50,
             sigma_schedule: str = "default", spacing: str | None = None, steps_offset: int | None = None,
             eta: float | None = None, sampler_options: dict | None = None, guidance_scale: float = 7.5,
             height: int | None = None, width: int | None = None, num_images: int = 1, seed: int | None = None,
@@ -588,7 +620,7 @@ def encode_image(sd, image: torch.Tensor, generator: torch.Generator) -> torch.T
     return _with_float32_retry(sd, encode, "encode")
 
 
-def img2img(sd, image, prompt, *, strength: float = 0.75, strength_rule: str = "compvis",
+def img2img(sd: DiffusionModel, image, prompt, *, strength: float = 0.75, strength_rule: str = "compvis",
             negative_prompt="", sampler: str = "ddim", steps: int = 50, sigma_schedule: str = "default",
             spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
             sampler_options: dict | None = None, guidance_scale: float = 7.5, num_images: int = 1,
@@ -629,7 +661,7 @@ def img2img(sd, image, prompt, *, strength: float = 0.75, strength_rule: str = "
 # --------------------------------------------------------------------------------------------
 
 
-def inpaint(sd, image, mask, prompt, *, strength: float = 1.0, strength_rule: str = "diffusers",
+def inpaint(sd: DiffusionModel, image, mask, prompt, *, strength: float = 1.0, strength_rule: str = "diffusers",
             negative_prompt="", sampler: str = "ddim", steps: int = 50, sigma_schedule: str = "default",
             spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
             sampler_options: dict | None = None, guidance_scale: float = 7.5, num_images: int = 1,
