@@ -385,9 +385,8 @@ def _denoise(run: _Run, x: torch.Tensor, grid: SamplingGrid, step_hook=None):
             result = sample(eps_model, x, sd.schedule, settings=run.request.sampler, grid=grid,
                             prediction_type=sd.prediction_type, generator=run.generator, callback=callback,
                             step_hook=step_hook, return_trajectory=bool(options.return_trajectory))
-    except FloatingPointError as err:  # the sampler stopped at the first step with NaN/inf
-        _refuse_non_finite(sd, torch.tensor(float("nan")), "latents", "error", f" ({err})")
-        raise  # pragma: no cover  (_refuse_non_finite always raises for policy "error")
+    except FloatingPointError as err:  # the sampler stops at the first step with NaN/inf, whatever the policy
+        raise _non_finite_error(sd, "latents", f" ({err})") from None
     finally:
         if bar is not None:
             bar.close()
@@ -404,23 +403,28 @@ def _non_finite_weights(sd) -> list[str]:
     return [name for name, p in sd.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
 
 
-def _refuse_non_finite(sd, tensor: torch.Tensor, what: str, policy: str, where: str = "") -> None:
+def _non_finite_error(sd, what: str, where: str = "") -> Exception:
+    """The error for NaN/inf in ``what``, naming the likely cause: damaged weights (the first tensor
+    named), fp16/bf16 overflow, or settings too extreme even for float32."""
+    bad = _non_finite_weights(sd)
+    if bad:
+        return CheckpointError(f"the {what} hold NaN/inf{where} because {len(bad)} of the model's weight tensors do "
+                               f"(e.g. {bad[0]}); the checkpoint is damaged: download or convert it again.")
+    dtype = str(sd.dtype).removeprefix("torch.")
+    hint = ("fp16/bf16 overflowed: load the model in float32 (--precision fp32)" if sd.dtype != torch.float32
+            else "the guidance scale or the given latents are too extreme for float32")
+    return SettingsError("non_finite", f"the {what} hold NaN/inf{where} (model in {dtype}); likely {hint}; "
+                         "pass non_finite='warn' (--allow-non-finite) to keep them anyway.")
+
+
+def _refuse_non_finite(sd, tensor: torch.Tensor, what: str, policy: str) -> None:
     """Never a silent black picture: stop (or, with ``non_finite="warn"``, warn) when ``tensor`` holds NaN/inf."""
     if torch.isfinite(tensor).all():
         return
-    bad = _non_finite_weights(sd)
-    if bad:
-        cause = CheckpointError(f"the {what} hold NaN/inf{where} because {len(bad)} of the model's weight tensors do "
-                                f"(e.g. {bad[0]}); the checkpoint is damaged: download or convert it again.")
-    else:
-        dtype = str(sd.dtype).removeprefix("torch.")
-        hint = ("fp16/bf16 overflowed: load the model in float32 (--precision fp32)" if sd.dtype != torch.float32
-                else "the guidance scale or the given latents are too extreme for float32")
-        cause = SettingsError("non_finite", f"the {what} hold NaN/inf{where} (model in {dtype}); likely {hint}; "
-                              "pass non_finite='warn' (--allow-non-finite) to keep them anyway.")
+    error = _non_finite_error(sd, what)
     if policy == "error":
-        raise cause
-    warnings.warn(f"{cause} Returning them as asked (non_finite='warn').", NonFiniteOutputWarning, stacklevel=3)
+        raise error
+    warnings.warn(f"{error} Returning them as asked (non_finite='warn').", NonFiniteOutputWarning, stacklevel=3)
 
 
 def _finish(run: _Run, latents: torch.Tensor, trajectory) -> Generation:
