@@ -243,8 +243,9 @@ class OutputOptions:
 
     ``output``: ``"pil"`` (images and arrays), ``"array"`` (arrays only) or ``"latent"`` (no VAE decode);
     ``return_trajectory``: True keeps every step's ``x``/``pred_x0``, ``"decoded"`` also decodes each
-    ``pred_x0``; ``progress``: a tqdm bar; ``non_finite``: ``"error"`` stops when the latents or images
-    hold NaN/inf, ``"warn"`` returns them with a warning.
+    ``pred_x0``; ``progress``: a tqdm bar; ``non_finite``: ``"error"`` stops when the final latents or the
+    decoded images hold NaN/inf, ``"warn"`` returns them with a warning (a sampler step that produces
+    NaN/inf stops the sampler in either case: there is nothing left to continue from).
     """
 
     output: str = "pil"

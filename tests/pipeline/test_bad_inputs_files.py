@@ -319,6 +319,8 @@ FOLDERS = {
     "text encoder config contradicts the weights": ("text_encoder/config.json", _json_edit("intermediate_size", 96),
                                                     "text_encoder/config.json"),
     "vae config not text": ("vae/config.json", b"\xff\xfe\x00", "not a text file"),
+    "text encoder width a string": ("text_encoder/config.json", _json_edit("hidden_size", "wide"), "wrong type"),
+    "tokenizer file malformed": ("tokenizer/tokenizer.json", b"{not json", "tokenizer files cannot be read"),
 }
 
 
