@@ -242,12 +242,12 @@ def measure(pipe, sd, family, sampler, steps, batch, side, repeats, device, warm
 
 def sections(dry_run: bool, samplers) -> list[tuple[str, str, int, int, int]]:
     """(family, sampler, steps, batch, side) in the order they run."""
-    plan = [("plms", 50), ("dpmpp_2m", 25)]
-    if dry_run:
-        plan = [("plms", 2), ("dpmpp_2m", 2)]
-    plan = [(s, n) for s, n in plan if s in samplers]
+    plans = {family: [("plms", 50), ("dpmpp_2m", 25)] for family in ("sd1", "sdxl")}
+    if dry_run:  # each sampler once, to keep the test suite's run short
+        plans = {"sd1": [("plms", 2)], "sdxl": [("dpmpp_2m", 2)]}
     sizes = {"sd1": 16 if dry_run else 512, "sdxl": 16 if dry_run else 1024}
-    return [(family, s, n, batch, sizes[family]) for family in ("sd1", "sdxl") for s, n in plan for batch in (1, 4)]
+    return [(family, s, n, batch, sizes[family]) for family, plan in plans.items() for s, n in plan
+            if s in samplers for batch in (1, 4)]
 
 
 def table(results: list[dict]) -> str:
