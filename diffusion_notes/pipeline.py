@@ -48,6 +48,9 @@ from .prompts import warn_if_truncated
 from .sampling import SamplerSettings, Trajectory, sample
 from .samplers import SamplingGrid
 from .settings import (
+    IMAGE_SAMPLER,
+    IMG2IMG_STRENGTH,
+    INPAINT_STRENGTH,
     STRENGTH_RULES,
     Conditioning,
     ImageSize,
@@ -463,7 +466,8 @@ def _start(sd, request: Request, generator, callback) -> _Run:
     return _Run(sd, request, c, uc, generator, seed, callback)
 
 
-def sampler_settings(sampler: str = "plms", steps: int = 50, sigma_schedule: str = "default",
+def sampler_settings(sampler: str = SamplerSettings.sampler, steps: int = SamplerSettings.steps,
+                     sigma_schedule: str = SamplerSettings.sigma_schedule,
                      spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
                      sampler_options: dict | None = None) -> SamplerSettings:
     """The pipeline's sampler keywords as one :class:`~diffusion_notes.sampling.SamplerSettings`
@@ -486,14 +490,15 @@ def _memory(memory) -> MemoryOptions:
 # --------------------------------------------------------------------------------------------
 
 
-def txt2img(sd: DiffusionModel, prompt, *, negative_prompt="", sampler: str = "plms", steps: int = 50,
-            sigma_schedule: str = "default", spacing: str | None = None, steps_offset: int | None = None,
-            eta: float | None = None, sampler_options: dict | None = None, guidance_scale: float = 7.5,
-            height: int | None = None, width: int | None = None, num_images: int = 1, seed: int | None = None,
-            generator: torch.Generator | None = None, noise_device="cpu", latents: torch.Tensor | None = None,
-            callback=None, output: str = "pil", return_trajectory: bool | str = False, progress: bool = False,
-            non_finite: str = "error", memory: MemoryOptions | None = None, original_size=None,
-            crops_coords_top_left=(0, 0), target_size=None) -> Generation:
+def txt2img(sd: DiffusionModel, prompt, *, negative_prompt=Conditioning.negative_prompt,
+            sampler: str = SamplerSettings.sampler, steps: int = SamplerSettings.steps,
+            sigma_schedule: str = SamplerSettings.sigma_schedule, spacing: str | None = None, steps_offset: int | None = None,
+            eta: float | None = None, sampler_options: dict | None = None, guidance_scale: float = Conditioning.guidance_scale,
+            height: int | None = None, width: int | None = None, num_images: int = Conditioning.num_images, seed: int | None = None,
+            generator: torch.Generator | None = None, noise_device=Seed.noise_device, latents: torch.Tensor | None = None,
+            callback=None, output: str = OutputOptions.output, return_trajectory: bool | str = False, progress: bool = False,
+            non_finite: str = OutputOptions.non_finite, memory: MemoryOptions | None = None, original_size=None,
+            crops_coords_top_left=Conditioning.crops_coords_top_left, target_size=None) -> Generation:
     """Text to image: CompVis ``scripts/txt2img.py``; diffusers ``StableDiffusion(XL)Pipeline.__call__``.
 
     * ``prompt``: a string or a list (each gives ``num_images`` images); ``negative_prompt`` replaces
@@ -624,14 +629,16 @@ def encode_image(sd, image: torch.Tensor, generator: torch.Generator) -> torch.T
     return _with_float32_retry(sd, encode, "encode")
 
 
-def img2img(sd: DiffusionModel, image, prompt, *, strength: float = 0.75, strength_rule: str = "compvis",
-            negative_prompt="", sampler: str = "ddim", steps: int = 50, sigma_schedule: str = "default",
+def img2img(sd: DiffusionModel, image, prompt, *, strength: float = IMG2IMG_STRENGTH.strength,
+            strength_rule: str = IMG2IMG_STRENGTH.rule,
+            negative_prompt=Conditioning.negative_prompt, sampler: str = IMAGE_SAMPLER,
+            steps: int = SamplerSettings.steps, sigma_schedule: str = SamplerSettings.sigma_schedule,
             spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
-            sampler_options: dict | None = None, guidance_scale: float = 7.5, num_images: int = 1,
-            seed: int | None = None, generator: torch.Generator | None = None, noise_device="cpu", callback=None,
-            output: str = "pil", return_trajectory: bool | str = False, progress: bool = False,
-            non_finite: str = "error", memory: MemoryOptions | None = None, original_size=None,
-            crops_coords_top_left=(0, 0), target_size=None) -> Generation:
+            sampler_options: dict | None = None, guidance_scale: float = Conditioning.guidance_scale, num_images: int = Conditioning.num_images,
+            seed: int | None = None, generator: torch.Generator | None = None, noise_device=Seed.noise_device, callback=None,
+            output: str = OutputOptions.output, return_trajectory: bool | str = False, progress: bool = False,
+            non_finite: str = OutputOptions.non_finite, memory: MemoryOptions | None = None, original_size=None,
+            crops_coords_top_left=Conditioning.crops_coords_top_left, target_size=None) -> Generation:
     """Image to image (SDEdit, Meng et al. 2022): encode, noise to an intermediate timestep, denoise from there.
 
     ``image``: a PIL image, a path, or a ``(1, 3, H, W)`` / ``(3, H, W)`` tensor in [-1, 1]
@@ -665,14 +672,16 @@ def img2img(sd: DiffusionModel, image, prompt, *, strength: float = 0.75, streng
 # --------------------------------------------------------------------------------------------
 
 
-def inpaint(sd: DiffusionModel, image, mask, prompt, *, strength: float = 1.0, strength_rule: str = "diffusers",
-            negative_prompt="", sampler: str = "ddim", steps: int = 50, sigma_schedule: str = "default",
+def inpaint(sd: DiffusionModel, image, mask, prompt, *, strength: float = INPAINT_STRENGTH.strength,
+            strength_rule: str = INPAINT_STRENGTH.rule,
+            negative_prompt=Conditioning.negative_prompt, sampler: str = IMAGE_SAMPLER,
+            steps: int = SamplerSettings.steps, sigma_schedule: str = SamplerSettings.sigma_schedule,
             spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
-            sampler_options: dict | None = None, guidance_scale: float = 7.5, num_images: int = 1,
-            seed: int | None = None, generator: torch.Generator | None = None, noise_device="cpu", callback=None,
-            output: str = "pil", return_trajectory: bool | str = False, progress: bool = False,
-            non_finite: str = "error", memory: MemoryOptions | None = None, original_size=None,
-            crops_coords_top_left=(0, 0), target_size=None) -> Generation:
+            sampler_options: dict | None = None, guidance_scale: float = Conditioning.guidance_scale, num_images: int = Conditioning.num_images,
+            seed: int | None = None, generator: torch.Generator | None = None, noise_device=Seed.noise_device, callback=None,
+            output: str = OutputOptions.output, return_trajectory: bool | str = False, progress: bool = False,
+            non_finite: str = OutputOptions.non_finite, memory: MemoryOptions | None = None, original_size=None,
+            crops_coords_top_left=Conditioning.crops_coords_top_left, target_size=None) -> Generation:
     """Repaint where ``mask`` is white (1), keep the rest.
 
     * 9-channel inpainting checkpoints (``sd-v1-5-inpainting``, ``512-inpainting-ema``): the UNet
