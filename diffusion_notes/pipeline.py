@@ -25,7 +25,8 @@ Settings: every keyword argument becomes a frozen settings object of :mod:`diffu
 nothing here changes the model it is given (memory options apply inside a context and are undone).
 
 Precision: the latents stay float32 between steps and the schedule float64; each UNet call casts its
-input to the model's dtype (fp16 on CUDA by default, see :func:`default_dtype`) and its output back.
+input to the model's dtype (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 by default; see
+:func:`diffusion_notes.precision.default_dtype`) and its output back.
 """
 
 from __future__ import annotations
