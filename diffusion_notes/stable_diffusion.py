@@ -29,6 +29,7 @@ from torch import nn
 from . import pipeline
 from .checkpoints import diffusers_layout as layout
 from .checkpoints import detect
+from .checkpoints.metadata import ModelMetadata, from_header, read_header, to_header
 from .checkpoints.io import CheckpointError, load_state_dict, pick_ema, save_state_dict
 from .checkpoints.openclip import openclip_to_transformers, transformers_to_openclip
 from .models.config import SCALE_FACTORS, TEXT_SPECS, AutoencoderConfig, UNetConfig
@@ -61,6 +62,8 @@ class StableDiffusionConfig:
     vae: AutoencoderConfig
     prediction_type: str = "eps"
     scale_factor: float = 0.18215
+    #: (height, width) in pixels the model was trained at; None = the family's release (pipeline.default_size).
+    native_size: tuple[int, int] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,23 +409,32 @@ class StableDiffusion(nn.Module):
                          torch_dtype: torch.dtype | None = None, device=None, use_ema: bool = False) -> "StableDiffusion":
         """Load an original (CompVis / sgm) checkpoint: ``.safetensors`` or ``.ckpt``.
 
-        The architecture is read from tensor shapes (``checkpoints.detect``). ``config`` is an
-        optional original YAML (``v1-inference.yaml``, ``v2-inference-v.yaml``, ``sd_xl_base.yaml``)
-        whose heads, ``parameterization`` and ``scale_factor`` are honoured. The prediction type
-        cannot be seen in the weights: it is "eps" unless the YAML says ``parameterization: "v"``
-        or ``prediction_type="v"`` is passed, so SD 2.x 768-v files need one of the two.
+        The architecture is read from tensor shapes (``checkpoints.detect``). What shapes cannot show
+        (UNet and CLIP attention heads, ``scale_factor``, the prediction type, the native size) comes,
+        in this order of precedence, from the arguments, from ``config`` (an optional original YAML:
+        ``v1-inference.yaml``, ``v2-inference-v.yaml``, ``sd_xl_base.yaml``, whose heads,
+        ``parameterization`` and ``scale_factor`` are honoured), from the file's safetensors
+        ``__metadata__`` (written by :meth:`save_single_file`; ``checkpoints.metadata``), and last from
+        the family's release. So a released SD 2.x 768-v file, which carries no metadata, needs the
+        YAML or ``prediction_type="v"``. A CLIP text encoder of a width no release has, with no head
+        count in the metadata (or in the ``text_encoder/config.json`` of a diffusers folder given as
+        ``tokenizer``), is refused rather than guessed.
         ``tokenizer``: a tokenizer folder or a diffusers model folder; otherwise the tokenizers of
-        ``TOKENIZER_REPOS`` from the Hugging Face cache (or the hub when online).
+        ``TOKENIZER_REPOS`` from the Hugging Face cache (or the hub when online). Each tokenizer reads
+        as many positions as its encoder has (77 for every release).
         ``use_ema=False`` (default) uses ``model.diffusion_model.*`` as stored, which in CompVis's
         released files already are the EMA weights; ``use_ema=True`` takes ``model_ema.*`` instead.
         """
         state_dict = pick_ema(load_state_dict(path), use_ema)
+        meta = from_header(read_header(path), path)
         arch = detect.detect_architecture(state_dict)
         yaml = detect.read_original_yaml(config) if config is not None else detect.OriginalConfig()
-        unet_config = detect.apply_yaml_unet(arch.unet, yaml.unet_params, config)
+        unet_config = detect.apply_metadata_heads(arch.unet, meta.num_heads, meta.num_head_channels)
+        unet_config = detect.apply_yaml_unet(unet_config, yaml.unet_params, config)
+        prediction = prediction_type or (yaml.prediction_type if config is not None else None)
         sd_config = StableDiffusionConfig(
-            arch.family, unet_config, arch.vae, _prediction(prediction_type or yaml.prediction_type),
-            yaml.scale_factor or SCALE_FACTORS[arch.family],
+            arch.family, unet_config, arch.vae, _prediction(prediction or meta.prediction_type or "eps"),
+            yaml.scale_factor or meta.scale_factor or SCALE_FACTORS[arch.family], meta.native_size,
         )
         tokenizers = _single_file_tokenizers(arch.family, tokenizer)
         unet = _build(UNetModel, unet_config, detect.strip_prefix(state_dict, detect.UNET_PREFIX), "UNet",
@@ -430,22 +442,34 @@ class StableDiffusion(nn.Module):
         # Training checkpoints keep the autoencoder's LPIPS/discriminator loss under first_stage_model.loss.
         vae_sd = {k: v for k, v in detect.strip_prefix(state_dict, detect.VAE_PREFIX).items() if not k.startswith("loss.")}
         vae = _build(AutoencoderKL, arch.vae, vae_sd, "VAE", detect.VAE_PREFIX)
-        encoders = _single_file_text_encoders(state_dict, arch.family, tokenizers)
+        text_heads = meta.text_heads or _folder_text_heads(tokenizer, len(tokenizers))
+        encoders = _single_file_text_encoders(state_dict, arch.family, tokenizers, text_heads)
         schedule = NoiseSchedule.from_name("scaled_linear", yaml.timesteps, linear_start=yaml.linear_start,
                                            linear_end=yaml.linear_end)
         model = cls(sd_config, unet, vae, PromptEncoder(tokenizers, encoders, TEXT_SPECS[arch.family]), schedule)
         return model.to(device, torch_dtype or torch.float32)
 
-    def save_single_file(self, path, overwrite: bool = False) -> None:
+    def save_single_file(self, path, overwrite: bool = False, metadata: dict[str, str] | None = None) -> None:
         """Write one ``.safetensors`` in the original layout (what ``from_single_file`` of diffusers,
         ComfyUI or A1111 read): ``model.diffusion_model.*``, ``first_stage_model.*`` and the text
-        encoder(s) under the family's CompVis / sgm prefixes."""
+        encoder(s) under the family's CompVis / sgm prefixes.
+
+        The settings the tensors cannot show (scale factor, prediction type, UNet and CLIP heads,
+        native size) go into the safetensors ``__metadata__`` header (``checkpoints.metadata``), with
+        ``metadata`` (more string pairs, e.g. how the model was trained) added to them."""
         path = Path(path)
         _refuse_existing(path, overwrite)
         state_dict = {detect.UNET_PREFIX + k: v for k, v in self.unet.state_dict().items()}
         state_dict.update({detect.VAE_PREFIX + k: v for k, v in self.vae.state_dict().items()})
         state_dict.update(self._original_text_state_dict())
-        save_state_dict(state_dict, path, overwrite=overwrite)
+        save_state_dict(state_dict, path, overwrite=overwrite, metadata={**(metadata or {}), **self._header()})
+
+    def _header(self) -> dict[str, str]:
+        c = self.config
+        return to_header(ModelMetadata(
+            scale_factor=c.scale_factor, prediction_type=c.prediction_type, num_heads=c.unet.num_heads,
+            num_head_channels=c.unet.num_head_channels, native_size=c.native_size,
+            text_heads=tuple(e.config.num_attention_heads for e in self.text_encoders)))
 
     def _original_text_state_dict(self) -> dict:
         out = {}
@@ -508,11 +532,28 @@ def _folder_prompt_encoder(root: Path, family: str) -> PromptEncoder:
     return PromptEncoder(tokenizers, encoders, specs)
 
 
-def _single_file_text_encoders(state_dict: dict, family: str, tokenizers: list) -> list[nn.Module]:
+def _folder_text_heads(tokenizer, count: int) -> tuple[int, ...] | None:
+    """The CLIP head counts of a diffusers folder given as ``tokenizer=`` (its ``text_encoder*/config.json``)."""
+    if tokenizer is None:
+        return None
+    configs = [Path(tokenizer) / f"text_encoder{f'_{i + 1}' if i else ''}" / "config.json" for i in range(count)]
+    if not all(c.is_file() for c in configs):
+        return None
+    return tuple(int(json.loads(c.read_text())["num_attention_heads"]) for c in configs)
+
+
+def _single_file_text_encoders(state_dict: dict, family: str, tokenizers: list,
+                               heads: tuple[int, ...] | None = None) -> list[nn.Module]:
+    """The CLIP text encoder(s) of a single file; ``heads`` (from the metadata) per encoder, else the
+    release's. Each tokenizer is set to read as many positions as its encoder has."""
     from transformers import CLIPTextConfig
 
+    prefixes = detect.TEXT_PREFIXES[family]
+    if heads is not None and len(heads) != len(prefixes):
+        raise CheckpointError(f"the metadata gives {len(heads)} text-encoder head counts for a {family} "
+                              f"checkpoint with {len(prefixes)} text encoder(s); fix the file's metadata.")
     encoders = []
-    for index, (prefix, spec) in enumerate(zip(detect.TEXT_PREFIXES[family], TEXT_SPECS[family])):
+    for index, (prefix, spec) in enumerate(zip(prefixes, TEXT_SPECS[family])):
         if prefix.endswith(".model."):  # open_clip layout (SD 2.x ViT-H, SDXL bigG)
             weights = openclip_to_transformers(state_dict, prefix=prefix)
             act = "gelu"
@@ -521,10 +562,12 @@ def _single_file_text_encoders(state_dict: dict, family: str, tokenizers: list) 
             act = "quick_gelu"
         if not weights:
             raise CheckpointError(f"checkpoint has no text encoder under {prefix!r}; a full {family} checkpoint has one.")
-        kwargs = detect.clip_config_kwargs(weights, act) | _token_ids(tokenizers[index])
+        kwargs = detect.clip_config_kwargs(weights, act, None if heads is None else heads[index], prefix)
+        kwargs |= _token_ids(tokenizers[index])
         if family == "sd2":
             weights, kwargs = _drop_last_layer(weights, kwargs)
         encoders.append(_build_clip(CLIPTextConfig(**kwargs), weights, spec.pooled, "text encoder", prefix))
+        tokenizers[index].model_max_length = kwargs["max_position_embeddings"]  # 77 for every release
     return encoders
 
 
