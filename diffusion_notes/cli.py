@@ -52,7 +52,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", default="", help="what to steer away from (replaces '' in the guidance)")
     p.add_argument("--from-file", help="a text file with one prompt per line (instead of --prompt)")
 
-    model = p.add_argument_group("model (one of --ckpt / --model)")
+    model = p.add_argument_group("model (one of --ckpt / --model; neither: the shipped 32x32 digits miniature)")
     model.add_argument("--ckpt", help="an original single-file checkpoint (.safetensors or .ckpt)")
     model.add_argument("--config", help="its original inference YAML (v1-inference.yaml, v2-inference-v.yaml, ...)")
     model.add_argument("--model", help="a diffusers folder (with model_index.json) or a Hugging Face hub id")
@@ -205,8 +205,8 @@ def _dtype(precision: str, device):
 
 
 def _check_model_source(args) -> None:
-    if bool(args.ckpt) == bool(args.model):
-        raise UsageError("give exactly one model: --ckpt path/to/model.safetensors or --model path/to/diffusers-folder")
+    if args.ckpt and args.model:
+        raise UsageError("give one model: --ckpt path/to/model.safetensors or --model path/to/diffusers-folder, not both")
     if args.ckpt and not Path(args.ckpt).is_file():
         raise UsageError(f"--ckpt {args.ckpt}: no such checkpoint file")
     if args.config and not args.ckpt:
@@ -228,7 +228,14 @@ def _load(args, device, dtype):
     if args.ckpt:
         return StableDiffusion.from_single_file(args.ckpt, config=args.config, tokenizer=args.tokenizer,
                                                 torch_dtype=dtype, device=device)
-    return StableDiffusion.from_pretrained(args.model, torch_dtype=dtype, device=device)
+    if args.model:
+        return StableDiffusion.from_pretrained(args.model, torch_dtype=dtype, device=device)
+    # --- mini-sd: neither --ckpt nor --model: the miniature shipped with the package (mini_sd/MODEL_CARD.md)
+    from .mini_sd import MODEL_NAME, load_mini_sd
+
+    print(f"using the shipped miniature {MODEL_NAME} (32x32 digits; give --ckpt or --model for a real "
+          "Stable Diffusion)", file=sys.stderr)
+    return load_mini_sd(torch_dtype=dtype, device=device)
 
 
 def _generate(sd, command: str, args, sampler: str, prompt: str, seed: int, image, mask):
@@ -278,6 +285,10 @@ def _next_number(folder: Path, pattern: str) -> int:
 
 
 def _model_name(args) -> str:
+    if not (args.ckpt or args.model):  # mini-sd: the shipped default
+        from .mini_sd import MODEL_NAME
+
+        return MODEL_NAME
     return Path(args.ckpt).stem if args.ckpt else Path(args.model.rstrip("/")).name
 
 
@@ -292,7 +303,9 @@ def _run(command: str, args) -> int:
     device = _device(args.device)
     sd = _load(args, device, _dtype(args.precision, device))
     _check_against_model(sd, args, command, sampler, image)
-    if device.type == "cpu":
+    from .pipeline import default_size
+
+    if device.type == "cpu" and max(default_size(sd)) >= 256:
         print("note: running on the CPU, which is slow: expect minutes per 512x512 image", file=sys.stderr)
 
     outdir, samples, model = Path(args.outdir), Path(args.outdir) / "samples", _model_name(args)

@@ -20,7 +20,7 @@ from ..toy import judge as toy_judge
 from ..toy.digits import IMAGE_SIZE as JUDGE_SIZE
 from .data import load_images
 
-__all__ = ["to_judge_input", "predict_proba", "predicted_digits", "agreement", "ceiling"]
+__all__ = ["to_judge_input", "predict_proba", "predicted_digits", "agreement", "ceiling", "generated_agreement"]
 
 
 def to_judge_input(images) -> torch.Tensor:
@@ -52,3 +52,20 @@ def ceiling() -> float:
     """The judge's agreement on the real test digits after the 8 -> 32 -> 8 round trip (upper bound)."""
     images, labels = load_images("test")
     return agreement(images, labels)
+
+
+def generated_agreement(sd, per_digit: int = 5, guidance_scale: float = 7.5, seed: int = 0, steps: int = 50,
+                        sampler: str = "plms", phrasing: int = 0) -> tuple[float, np.ndarray]:
+    """Generate ``per_digit`` images for the caption of every digit (phrasing ``phrasing`` of
+    :data:`~diffusion_notes.mini_sd.data.TEMPLATES`) in one batch, and judge them.
+
+    Returns ``(agreement, predicted)``, ``predicted`` shaped (10, per_digit): what the judge read for
+    the images asked to show 0, 1, ..., 9.
+    """
+    from .data import caption
+
+    prompts = [caption(digit, phrasing) for digit in range(10)]
+    result = sd.txt2img(prompts, steps=steps, sampler=sampler, guidance_scale=guidance_scale,
+                        num_images=per_digit, seed=seed, output="array")
+    predicted = predicted_digits(result.arrays).reshape(10, per_digit)  # txt2img's order: p0 x n, p1 x n, ...
+    return float((predicted == np.arange(10)[:, None]).mean()), predicted
