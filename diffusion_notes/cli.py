@@ -59,12 +59,18 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     model.add_argument("--tokenizer", help="a tokenizer folder or diffusers folder, to load a --ckpt offline")
 
     sampling = p.add_argument_group("sampling")
-    sampling.add_argument("--sampler", choices=["plms", "ddim", "ddpm", "pndm"], help="the sampler (default plms"
+    from .samplers import SAMPLERS, SIGMA_SCHEDULES
+
+    sampling.add_argument("--sampler", choices=list(SAMPLERS), metavar="NAME",
+                          help=f"the sampler: {', '.join(SAMPLERS)} (default plms"
                           + (", ddim for img2img/inpaint)" if command != "txt2img" else ")"))
+    sampling.add_argument("--schedule", choices=list(SIGMA_SCHEDULES), default="default",
+                          help="the noise levels visited: the model's own (default), karras (rho = 7) or exponential")
     sampling.add_argument("--plms", action="store_true", help="same as --sampler plms")
     sampling.add_argument("--ddim", action="store_true", help="same as --sampler ddim")
     sampling.add_argument("--ddim_steps", type=int, default=50, help="number of sampling steps (default 50)")
-    sampling.add_argument("--ddim_eta", type=float, default=0.0, help="DDIM eta: 0 deterministic, 1 DDPM-like")
+    sampling.add_argument("--ddim_eta", type=float, default=None,
+                          help="eta of DDIM (default 0: deterministic, 1 DDPM-like) or of an ancestral sampler (default 1)")
     sampling.add_argument("--scale", type=float, default=7.5, help="unconditional guidance scale (default 7.5)")
     sampling.add_argument("--seed", type=int, default=42, help="seed of the noise (default 42)")
     if command == "txt2img":
@@ -88,7 +94,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     device = p.add_argument_group("device and memory")
     device.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto (cuda when available)")
     device.add_argument("--precision", default="auto", choices=["auto", "autocast", "full", "fp32", "fp16", "bf16"],
-                        help="weights' dtype: auto/autocast = fp16 on CUDA and fp32 on the CPU; full = fp32")
+                        help="weights' dtype: auto/autocast = fp16 on CUDA, bf16 on CPUs with native bf16 "
+                             "(AMX / AVX-512 BF16), fp32 on other CPUs; full = fp32")
     device.add_argument("--slice-vae", action="store_true", help="decode one image at a time")
     device.add_argument("--tile-vae", action="store_true", help="decode in overlapping tiles (large images)")
     device.add_argument("--offload-text-encoder", action="store_true", help="run the text encoder on the CPU")
@@ -121,10 +128,14 @@ def _sampler(args, command: str) -> str:
 def _check_numbers(args, command: str, sampler: str) -> None:
     if args.ddim_steps <= 0:
         raise UsageError(f"--ddim_steps must be a positive number of steps, got {args.ddim_steps}")
-    if args.ddim_eta < 0:
+    from .samplers import SAMPLERS
+
+    if args.ddim_eta is not None and args.ddim_eta < 0:
         raise UsageError(f"--ddim_eta must be >= 0 (0 = deterministic DDIM), got {args.ddim_eta}")
-    if args.ddim_eta and sampler != "ddim":
-        raise UsageError(f"--ddim_eta applies to the DDIM sampler only; add --ddim, or drop --ddim_eta for {sampler}")
+    if args.ddim_eta is not None and "eta" not in SAMPLERS[sampler].options:
+        others = [name for name, spec in SAMPLERS.items() if "eta" in spec.options and name != "ddim"]
+        also = f" (and to {', '.join(others)})" if others else ""
+        raise UsageError(f"--ddim_eta applies to the DDIM sampler only{also}; add --ddim, or drop --ddim_eta for {sampler}")
     if args.scale < 0:
         raise UsageError(f"--scale (guidance scale) must be >= 0 (1 = no guidance, 7.5 usual), got {args.scale}")
     if args.n_samples < 1 or args.n_iter < 1:
@@ -195,13 +206,9 @@ def _device(name: str):
 
 
 def _dtype(precision: str, device):
-    import torch
+    from .precision import resolve_dtype
 
-    from .pipeline import default_dtype
-
-    if precision in ("auto", "autocast"):
-        return default_dtype(device)
-    return {"full": torch.float32, "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return resolve_dtype(precision, device)
 
 
 def _check_model_source(args) -> None:
@@ -245,6 +252,7 @@ def _generate(sd, command: str, args, sampler: str, prompt: str, seed: int, imag
                                     upcast_attention=args.upcast_attention,
                                     offload_text_encoder=args.offload_text_encoder)
     common = dict(negative_prompt=args.negative_prompt, steps=args.ddim_steps, sampler=sampler,
+                  sigma_schedule=args.schedule,
                   guidance_scale=args.scale, eta=args.ddim_eta, num_images=args.n_samples, seed=seed,
                   memory=memory, progress=True)
     if command == "txt2img":
@@ -257,11 +265,10 @@ def _generate(sd, command: str, args, sampler: str, prompt: str, seed: int, imag
 def _check_against_model(sd, args, command: str, sampler: str, image) -> None:
     """The checks that need the model, run before the first (slow) step so that nothing is written."""
     from . import pipeline
-    from .samplers import make_timesteps
-    from .sampling import default_sampler_settings
+    from .sampling import SamplerSettings
 
-    spacing = default_sampler_settings(sampler)["spacing"]
-    timesteps = make_timesteps(args.ddim_steps, sd.schedule.num_timesteps, spacing, steps_offset=1)
+    grid = SamplerSettings(sampler, args.ddim_steps, args.schedule).grid(sd.schedule)  # SettingsError if impossible
+    timesteps = grid.timesteps[:-1].flip(0).numpy()
     if command != "inpaint" and pipeline.is_inpainting_model(sd):
         raise UsageError(f"{_model_name(args)} is an inpainting checkpoint (9-channel UNet); use it with the inpaint "
                          f"command, or give {command} an ordinary checkpoint")

@@ -68,11 +68,18 @@ class GaussianMixture:
         return sigma * (w[..., None] * diff / var[..., None]).sum(1)
 
     def eps_model(self, schedule: NoiseSchedule):
-        r"""``eps_model(x_t, t)`` for the samplers: the exact :math:`\epsilon^*` at the discrete timestep t."""
+        r"""``eps_model(x_t, t)`` for the samplers: the exact :math:`\epsilon^*` at timestep t, integer or real.
+
+        At a fractional t the noise level is interpolated as the sampling grid does it
+        (:func:`diffusion_notes.samplers.grid.t_to_sigma`: :math:`\log\sigma` linear between trained
+        timesteps, k-diffusion ``t_to_sigma``), so the exact denoiser sits on every grid level exactly."""
+        from .samplers.grid import t_to_sigma  # the math core's one interpolation rule
+
+        train_sigmas = schedule.sigmas
 
         def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            a_t = schedule.alphas_cumprod.to(x.device)[t].to(x.dtype)
-            sigma = ((1 - a_t) / a_t).sqrt()
+            sigma = t_to_sigma(t.to(torch.float64).cpu(), train_sigmas).to(x.device, x.dtype)
+            a_t = 1 / (1 + sigma**2)
             return self.eps_at_sigma(x / a_t.sqrt()[:, None], sigma)
 
         return eps_model

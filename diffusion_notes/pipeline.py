@@ -14,14 +14,15 @@ For SD 1.x, 512x512, ``n_samples = 3`` (the "3 + 3" of the seed: 3 unconditional
 
 This module only wires the pieces together: the update rules live in ``samplers/`` and run through
 :func:`diffusion_notes.sampling.sample`, guidance in :mod:`diffusion_notes.guidance`, the noising of
-image-to-image in :func:`diffusion_notes.forward.q_sample`.
+image-to-image in :meth:`diffusion_notes.samplers.SamplingGrid.q_sample` (DDPM Eq. 4 at the grid's first level).
 
 Counterparts: CompVis ``scripts/txt2img.py``, ``scripts/img2img.py`` and the SD 2 inpainting script;
 diffusers ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``StableDiffusionImg2ImgPipeline``,
 ``StableDiffusionInpaintPipeline``.
 
 Precision: the latents stay float32 between steps and the schedule float64; each UNet call casts its
-input to the model's dtype (fp16 on CUDA by default, see :func:`default_dtype`) and its output back.
+input to the model's dtype (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 by default; see
+:func:`diffusion_notes.precision.default_dtype`) and its output back.
 """
 
 from __future__ import annotations
@@ -35,20 +36,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .forward import q_sample
 from .guidance import guided_eps_model
 from .images import array_to_pil, format_parameters, mask_to_tensor, pil_to_tensor, tensor_to_array
 from .noise import randn
+from .precision import default_dtype
 from .prompts import warn_if_truncated
-from .sampling import Trajectory, default_sampler_settings, sample
-from .samplers import SAMPLERS, make_timesteps
+from .sampling import SamplerSettings, Trajectory, sample
+from .samplers import SamplingGrid
 
 __all__ = ["txt2img", "img2img", "inpaint", "Generation", "MemoryOptions", "NonFiniteDecodeWarning", "decode",
            "decode_checked", "decode_tiled", "encode_image", "conditioning", "strength_timesteps", "default_size",
            "default_dtype", "size_multiple", "check_size", "is_inpainting_model", "STRENGTH_RULES"]
 
-#: Sampler names as AUTOMATIC1111 writes them in the PNG ``parameters`` chunk.
-SAMPLER_LABELS = {"plms": "PLMS", "ddim": "DDIM", "ddpm": "DDPM", "pndm": "PNDM"}
 STRENGTH_RULES = ("compvis", "diffusers")
 OUTPUTS = ("pil", "array", "latent")
 
@@ -125,11 +124,6 @@ def default_size(sd) -> tuple[int, int]:
     if sd.family == "sd2" and sd.prediction_type == "v":
         return 768, 768
     return 512, 512
-
-
-def default_dtype(device) -> torch.dtype:
-    """fp16 on CUDA (half the memory, tensor cores), fp32 on the CPU (where fp16 is slow or unsupported)."""
-    return torch.float16 if torch.device(device).type == "cuda" else torch.float32
 
 
 def vae_factor(sd) -> int:
@@ -261,11 +255,10 @@ class _Job:
     c: dict
     uc: dict
     unconditional_guidance_scale: float
-    sampler: str
+    sampler_settings: SamplerSettings
     steps: int
-    timesteps: np.ndarray  # every timestep of `steps`, ascending; img2img keeps a prefix
-    eta: float
-    set_alpha_to_one: bool | None
+    grid: SamplingGrid  # every level of the run; img2img keeps the last steps (grid.last(n))
+    timesteps: np.ndarray  # the grid's visited timesteps, ascending (for strength_timesteps)
     generator: torch.Generator
     seed: int | None
     memory: MemoryOptions
@@ -288,29 +281,27 @@ class _Job:
 
 
 def _prepare(sd, prompt, height: int, width: int, negative_prompt="", steps: int = 50, sampler: str = "plms",
-             guidance_scale: float = 7.5, eta: float = 0.0, num_images: int = 1, seed: int | None = None,
+             guidance_scale: float = 7.5, eta: float | None = None, num_images: int = 1, seed: int | None = None,
              generator: torch.Generator | None = None, callback=None, output: str = "pil",
-             return_trajectory: bool | str = False, spacing: str | None = None, steps_offset: int = 1,
-             set_alpha_to_one: bool | None = None, original_size=None, crops_coords_top_left=(0, 0),
+             return_trajectory: bool | str = False, spacing: str | None = None, steps_offset: int | None = None,
+             set_alpha_to_one: bool | None = None, sigma_schedule: str = "default", sampler_options=None,
+             original_size=None, crops_coords_top_left=(0, 0),
              target_size=None, noise_device="cpu", memory: MemoryOptions | None = None,
              progress: bool = False) -> _Job:
-    """Check the settings, fix the randomness, encode the prompts and list the timesteps."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
+    """Check the settings, fix the randomness, encode the prompts and build the sampling grid."""
+    given = {k: v for k, v in (("eta", eta), ("set_alpha_to_one", set_alpha_to_one)) if v is not None}
+    sampler_settings = SamplerSettings(sampler, steps, sigma_schedule, spacing, steps_offset,
+                                       {**given, **(sampler_options or {})})
+    grid = sampler_settings.grid(sd.schedule)  # validates every sampler setting (SettingsError)
     if guidance_scale < 0:
         raise ValueError(f"guidance scale must be >= 0 (1 = no guidance, 7.5 is SD's usual), got {guidance_scale}")
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM), got {eta}")
-    if eta and sampler != "ddim":
-        raise ValueError(f"eta applies to the ddim sampler only ({sampler} has its own noise rule); got eta={eta}")
     if output not in OUTPUTS:
         raise ValueError(f"output must be one of {OUTPUTS}, not {output!r}")
     if num_images < 1:
         raise ValueError(f"num_images must be at least 1, got {num_images}")
     check_size(sd, height, width)
     memory = memory or MemoryOptions()
-    spacing = spacing or default_sampler_settings(sampler)["spacing"]
-    timesteps = make_timesteps(steps, sd.schedule.num_timesteps, spacing, steps_offset)  # ValueError if impossible
+    timesteps = grid.timesteps[:-1].flip(0).numpy()
     generator, seed = _generator(seed, generator, noise_device)
 
     prompts = [p for p in _as_list(prompt) for _ in range(num_images)]  # diffusers' order: p0, p0, p1, p1
@@ -318,18 +309,18 @@ def _prepare(sd, prompt, height: int, width: int, negative_prompt="", steps: int
                         for _ in range(num_images)]
     sizes = dict(original_size=original_size, crops_coords_top_left=crops_coords_top_left, target_size=target_size)
     c, uc = conditioning(sd, prompts, negative_prompts, height, width, offload=memory.offload_text_encoder, **sizes)
-    settings = dict(steps=steps, sampler=SAMPLER_LABELS[sampler], cfg_scale=guidance_scale, seed=seed,
-                    size=f"{width}x{height}", eta=eta if sampler == "ddim" and eta else None)
-    return _Job(sd, c, uc, guidance_scale, sampler, steps, timesteps, eta, set_alpha_to_one, generator, seed,
+    settings = dict(steps=steps, sampler=sampler_settings.label, cfg_scale=guidance_scale, seed=seed,
+                    size=f"{width}x{height}", eta=eta or None)
+    return _Job(sd, c, uc, guidance_scale, sampler_settings, steps, grid, timesteps, generator, seed,
                 memory, callback, output, return_trajectory, progress, prompts, negative_prompts, settings)
 
 
-def _denoise(job: _Job, x: torch.Tensor, timesteps: np.ndarray, step_hook=None):
-    """Run the sampler from ``x`` over ``timesteps`` (ascending); ``step_hook(i, t, x, pred_x0)`` runs
+def _denoise(job: _Job, x: torch.Tensor, grid: SamplingGrid, step_hook=None):
+    """Run the sampler from ``x`` over ``grid``; ``step_hook(i, t, x, pred_x0)`` runs
     after each step before the user's callback (inpainting blends the known region there)."""
-    if len(timesteps) == 0:  # strength 0: nothing to denoise
+    if grid.num_steps == 0:  # strength 0: nothing to denoise
         return x, Trajectory(x=[x]) if job.return_trajectory else None
-    bar = _progress_bar(len(timesteps)) if job.progress else None
+    bar = _progress_bar(grid.num_steps) if job.progress else None
 
     def callback(i, t, x_i, pred_x0):
         if step_hook is not None:
@@ -345,8 +336,8 @@ def _denoise(job: _Job, x: torch.Tensor, timesteps: np.ndarray, step_hook=None):
     eps_model = guided_eps_model(_unet_model(sd, job.channels_last), job.c, job.uc, job.unconditional_guidance_scale)
     try:
         with torch.no_grad(), _attention_upcast(sd, job.memory.upcast_attention):
-            result = sample(eps_model, x, sd.schedule, job.sampler, eta=job.eta, prediction_type=sd.prediction_type,
-                            set_alpha_to_one=job.set_alpha_to_one, timesteps=timesteps, generator=job.generator,
+            result = sample(eps_model, x, sd.schedule, settings=job.sampler_settings, grid=grid,
+                            prediction_type=sd.prediction_type, generator=job.generator,
                             callback=callback, return_trajectory=bool(job.return_trajectory))
     finally:
         if bar is not None:
@@ -378,7 +369,7 @@ def _finish(job: _Job, latents: torch.Tensor, trajectory) -> Generation:
 
 
 def txt2img(sd, prompt, negative_prompt="", steps: int = 50, sampler: str = "plms", guidance_scale: float = 7.5,
-            eta: float = 0.0, height: int | None = None, width: int | None = None, num_images: int = 1,
+            eta: float | None = None, height: int | None = None, width: int | None = None, num_images: int = 1,
             seed: int | None = None, generator: torch.Generator | None = None, latents: torch.Tensor | None = None,
             callback=None, output: str = "pil", return_trajectory: bool | str = False, **options) -> Generation:
     """Text to image: CompVis ``scripts/txt2img.py``; diffusers ``StableDiffusion(XL)Pipeline.__call__``.
@@ -394,8 +385,12 @@ def txt2img(sd, prompt, negative_prompt="", steps: int = 50, sampler: str = "plm
       ``x``/``pred_x0`` of every step, ``"decoded"`` also decodes each ``pred_x0``.
     * ``output``: ``"pil"`` (images and arrays), ``"array"`` (arrays only), ``"latent"`` (no VAE decode).
 
-    ``options``: ``spacing`` (default per sampler: CompVis ``"uniform"``; ``"leading"`` is diffusers'),
-    ``steps_offset`` (1, for ``"leading"``), ``set_alpha_to_one``, SDXL's ``original_size``,
+    * ``sampler`` (a key of ``diffusion_notes.samplers.SAMPLERS``), ``steps``, ``eta`` (samplers that take it)
+      and the ``options`` ``sigma_schedule`` (``"default"``, ``"karras"``, ``"exponential"``), ``spacing``,
+      ``steps_offset``, ``set_alpha_to_one`` and ``sampler_options`` (a dict of the sampler's other
+      options): :class:`diffusion_notes.sampling.SamplerSettings`, which holds their defaults.
+
+    Other ``options``: SDXL's ``original_size``,
     ``crops_coords_top_left``, ``target_size``, ``noise_device``, ``memory`` (:class:`MemoryOptions`),
     ``progress`` (a tqdm bar).
     """
@@ -412,7 +407,7 @@ def txt2img(sd, prompt, negative_prompt="", steps: int = 50, sampler: str = "plm
                          f"got {tuple(latents.shape)}")
     else:
         x_T = latents.to(sd.device, torch.float32)
-    return _finish(job, *_denoise(job, x_T, job.timesteps))
+    return _finish(job, *_denoise(job, x_T, job.grid))
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,11 +448,21 @@ def strength_timesteps(timesteps: np.ndarray, steps: int, strength: float, rule:
     raise ValueError(f"strength_rule must be one of {STRENGTH_RULES}, not {rule!r}")
 
 
-def _noised(sd, z0: torch.Tensor, t_noise: int | None, noise: torch.Tensor) -> torch.Tensor:
-    """``q_sample(z0, t_noise, noise)``; ``z0`` itself when strength leaves no step to take."""
+def _strength_grids(job: _Job, strength: float, rule: str) -> tuple[SamplingGrid, SamplingGrid | None]:
+    """The grid img2img denoises over (the last steps of the run) and the grid whose first level the
+    image is noised to (the same for the diffusers rule, one level higher for CompVis's; None: no noise)."""
+    kept, t_noise = strength_timesteps(job.timesteps, job.steps, strength, rule)
+    n = len(kept)
     if t_noise is None:
+        return job.grid.last(n), None
+    return job.grid.last(n), job.grid.last(n if rule == "diffusers" else n + 1)
+
+
+def _noised(z0: torch.Tensor, noise_grid: SamplingGrid | None, noise: torch.Tensor) -> torch.Tensor:
+    """``z0`` noised to the first level of ``noise_grid`` (DDPM Eq. 4); ``z0`` itself when there is no step to take."""
+    if noise_grid is None:
         return z0
-    return q_sample(z0, torch.full((z0.shape[0],), t_noise), noise, sd.schedule)
+    return noise_grid.q_sample(z0, noise)
 
 
 def _image_tensor(image) -> torch.Tensor:
@@ -493,11 +498,11 @@ def img2img(sd, image, prompt, strength: float = 0.75, strength_rule: str = "com
     height, width = image.shape[-2:]
     check_size(sd, height, width, "the image's height and width")
     job = _prepare(sd, prompt, height, width, sampler=sampler, **kwargs)
-    timesteps, t_noise = strength_timesteps(job.timesteps, job.steps, strength, strength_rule)
+    grid, noise_grid = _strength_grids(job, strength, strength_rule)
     z0 = encode_image(sd, image, job.generator).expand(job.batch, -1, -1, -1)
-    x = _noised(sd, z0, t_noise, randn(z0.shape, job.generator, sd.device))
+    x = _noised(z0, noise_grid, randn(z0.shape, job.generator, sd.device))
     job.settings["denoising_strength"] = strength
-    return _finish(job, *_denoise(job, x, timesteps))
+    return _finish(job, *_denoise(job, x, grid))
 
 
 # --------------------------------------------------------------------------------------------
@@ -538,36 +543,31 @@ def inpaint(sd, image, mask, prompt, strength: float = 1.0, strength_rule: str =
     height, width = image.shape[-2:]
     check_size(sd, height, width, "the image's height and width")
     job = _prepare(sd, prompt, height, width, sampler=sampler, **kwargs)
-    timesteps, t_noise = strength_timesteps(job.timesteps, job.steps, strength, strength_rule)
+    grid, noise_grid = _strength_grids(job, strength, strength_rule)
     latent_size = (height // vae_factor(sd), width // vae_factor(sd))
     latent_mask = F.interpolate(mask, size=latent_size).to(sd.device)  # nearest, as CompVis and diffusers
     shape = (job.batch, sd.config.unet.out_channels, *latent_size)
 
     z0 = None if strength == 1 and is_inpainting_model(sd) else encode_image(sd, image, job.generator).expand(shape)
     noise = randn(shape, job.generator, sd.device)
-    x = noise if strength == 1 else _noised(sd, z0, t_noise, noise)
+    x = noise if strength == 1 else _noised(z0, noise_grid, noise)
     job.settings["denoising_strength"] = strength if strength != 1 else None
 
     if is_inpainting_model(sd):
         masked_image_latents = encode_image(sd, image * (mask < 0.5), job.generator)
         c_concat = torch.cat([latent_mask, masked_image_latents], dim=1).expand(job.batch, -1, -1, -1)
         job.c["c_concat"] = job.uc["c_concat"] = c_concat
-        return _finish(job, *_denoise(job, x, timesteps))
-    return _finish(job, *_denoise(job, x, timesteps, _blend_known_region(sd, z0, latent_mask, noise, timesteps)))
+        return _finish(job, *_denoise(job, x, grid))
+    return _finish(job, *_denoise(job, x, grid, _blend_known_region(z0, latent_mask, noise, grid)))
 
 
-def _blend_known_region(sd, z0: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor, timesteps: np.ndarray):
+def _blend_known_region(z0: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor, grid: SamplingGrid):
     """The step hook of 4-channel inpainting. It writes into the sampler's ``x`` in place, so the next
     step starts from the blended latents. CompVis's samplers (``mask=``, ``x0=``) blend *before* each
     step with fresh noise; diffusers blends *after* each step with the initial noise, as here."""
-    descending = [int(t) for t in timesteps[::-1]]
 
     def hook(i, t, x, pred_x0):
-        if i + 1 < len(descending):
-            t_next = torch.full((x.shape[0],), descending[i + 1])
-            known = q_sample(z0, t_next, noise, sd.schedule)
-        else:
-            known = z0
+        known = grid.noised(i + 1, z0, noise) if i + 1 < grid.num_steps else z0  # the level step i went to
         x.copy_(mask * x + (1 - mask) * known)
 
     return hook

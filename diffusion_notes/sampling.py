@@ -1,37 +1,42 @@
-r"""One sampling loop for every sampler: start from :math:`x_T` and apply a step function S times.
+r"""One entry point for every sampler: validate the settings once, build the grid, run the registered loop.
 
-The step functions live in :mod:`diffusion_notes.samplers` and are pure; this loop only decides
-which timesteps to visit, looks up :math:`a_t, a_{prev}, \sigma_t`, draws noise, and keeps PLMS's
-history. It is what CompVis's ``DDIMSampler.ddim_sampling`` / ``PLMSSampler.plms_sampling`` and
-diffusers' ``for t in scheduler.timesteps: scheduler.step(...)`` loops do.
+:class:`SamplerSettings` holds every choice a user makes about sampling (the sampler, the number of
+steps, the σ schedule, the timestep spacing and the sampler's own options) and is checked in one
+place, :meth:`SamplerSettings.validate`. :func:`sample` then builds the
+:class:`~diffusion_notes.samplers.grid.SamplingGrid` (the visited timesteps, their :math:`\bar\alpha`
+and :math:`\sigma`, end point included), wraps the network into the function every sampler calls
+(real-valued timesteps, v / x0 outputs converted to :math:`\hat\epsilon`, shape and NaN checks) and
+runs the sampler's own loop from :data:`~diffusion_notes.samplers.SAMPLERS`. What CompVis's
+``DDIMSampler.ddim_sampling`` / ``PLMSSampler.plms_sampling``, diffusers'
+``for t in scheduler.timesteps: scheduler.step(...)`` and k-diffusion's ``sample_*`` loops do.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+import math
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Callable, Mapping
 
-import numpy as np
 import torch
 
+from .errors import SettingsError
 from .forward import predict_eps_from_z_and_v, predict_noise_from_start
 from .noise import randn
-from .samplers import (
-    PRK_WARMUP_STEPS,
-    SAMPLERS,
-    ddim_sampling_parameters,
-    ddim_step,
-    ddpm_step,
-    make_timesteps,
-    plms_step,
-    prk_step,
-)
+from .samplers import SAMPLERS, SIGMA_SCHEDULES, SPACINGS, SamplingGrid, build_grid
 from .schedules import NoiseSchedule
 
-__all__ = ["sample", "Trajectory", "model_output_to_eps", "PREDICTION_TYPES", "default_sampler_settings"]
+__all__ = ["sample", "SamplerSettings", "Trajectory", "model_output_to_eps", "PREDICTION_TYPES",
+           "default_sampler_settings", "GRID_OPTIONS", "eps_from_output"]
 
 #: What the network outputs: noise (DDPM, SD 1.x, SD 2 base), v (SD 2.x-768), or x0 itself.
 PREDICTION_TYPES = ("eps", "v", "x0")
+
+#: Options every sampler takes, because they shape the grid rather than the update rule.
+GRID_OPTIONS = ("set_alpha_to_one",)
+
+#: AUTOMATIC1111 appends the σ schedule to the sampler's label ("DPM++ 2M Karras").
+_SCHEDULE_LABELS = {"default": "", "karras": " Karras", "exponential": " Exponential"}
 
 
 @dataclass
@@ -39,9 +44,124 @@ class Trajectory:
     """What CompVis returns as ``intermediates``: ``x[0]`` is :math:`x_T`, ``x[k]`` and ``pred_x0[k-1]``
     come from the k-th step, which started at timestep ``timesteps[k-1]``."""
 
-    timesteps: list[int] = field(default_factory=list)
+    timesteps: list = field(default_factory=list)
     x: list[torch.Tensor] = field(default_factory=list)
     pred_x0: list[torch.Tensor] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """Every sampling choice, with its default; :meth:`validate` checks them all, in one place.
+
+    * ``sampler``: a key of :data:`~diffusion_notes.samplers.SAMPLERS` (``"plms"``, ``"ddim"``, ``"euler_a"``, ...);
+    * ``steps``: the number of steps S (model evaluations per step depend on the sampler);
+    * ``sigma_schedule``: ``"default"`` (the model's own levels at the ``spacing``'s timesteps),
+      ``"karras"`` (Karras et al. 2022 Eq. 5, ρ = 7) or ``"exponential"``;
+    * ``spacing`` / ``steps_offset``: the visited timesteps of the default σ schedule
+      (:func:`~diffusion_notes.samplers.make_timesteps`); None = the sampler's default
+      (its ``SamplerSpec.grid_defaults``: CompVis ``uniform`` for DDIM/PLMS/PNDM, ``leading`` with
+      ``steps_offset = 0`` for DDPM, ``linspace`` for the σ samplers; ``steps_offset = 1`` (SD's configs) otherwise);
+    * ``options``: the sampler's own options (``eta``, ``ddpm_variance``, ``clip_denoised``, ``s_noise``, ...)
+      and ``set_alpha_to_one`` (the grid's end point: :math:`\\sigma = 0` or :math:`\\bar\\alpha_0`);
+      unspecified ones take the sampler's defaults (``SamplerSpec.options``);
+    * ``quantize``: evaluate the model at the nearest trained (integer) timestep instead of the
+      real-valued one (k-diffusion's ``DiscreteEpsDDPMDenoiser(quantize=True)``; diffusers' DPM-Solver
+      and UniPC round their Karras timesteps so).
+    """
+
+    sampler: str = "plms"
+    steps: int = 50
+    sigma_schedule: str = "default"
+    spacing: str | None = None
+    steps_offset: int | None = None
+    options: Mapping[str, object] = field(default_factory=dict)
+    quantize: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+
+    @property
+    def spec(self):
+        return SAMPLERS[self.sampler]
+
+    def validate(self, num_train_timesteps: int | None = None) -> "SamplerSettings":
+        """Raise :class:`~diffusion_notes.errors.SettingsError` for the first bad value; return ``self``."""
+        if self.sampler not in SAMPLERS:
+            raise SettingsError("sampler", f"sampler must be one of {', '.join(SAMPLERS)}, not {self.sampler!r}")
+        top = num_train_timesteps or 10**9
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= top:
+            upper = f" to {num_train_timesteps} (the schedule's length)" if num_train_timesteps else " or more"
+            raise SettingsError("steps", f"the number of sampling steps must be an integer from 1{upper}, got {self.steps!r}")
+        if self.sigma_schedule not in SIGMA_SCHEDULES:
+            raise SettingsError("sigma_schedule", f"sigma_schedule must be one of {', '.join(SIGMA_SCHEDULES)}, not {self.sigma_schedule!r}")
+        if self.spacing is not None and self.spacing not in SPACINGS:
+            raise SettingsError("spacing", f"unknown timestep spacing {self.spacing!r}; choose one of {', '.join(SPACINGS)}")
+        if self.steps_offset is not None and (isinstance(self.steps_offset, bool) or not isinstance(self.steps_offset, int) or self.steps_offset < 0):
+            raise SettingsError("steps_offset", f"steps_offset must be an integer >= 0 (SD's configs use 1), got {self.steps_offset!r}")
+        if not isinstance(self.quantize, bool):
+            raise SettingsError("quantize", f"quantize must be True or False, got {self.quantize!r}")
+        spec = self.spec
+        for name, value in self.options.items():
+            if name in GRID_OPTIONS:
+                _check_option_value(name, value, False, ())
+                continue
+            if name not in spec.options:
+                takers = [s.name for s in SAMPLERS.values() if name in s.options]
+                where = f"{name} applies to the {', '.join(takers)} sampler{'s' if len(takers) > 1 else ''} only; " if takers else f"no sampler takes an option {name!r}; "
+                taken = ", ".join([*spec.options, *GRID_OPTIONS])
+                raise SettingsError(name, f"{where}the {self.sampler} sampler takes {taken}")
+            _check_option_value(name, value, spec.options[name], spec.choices.get(name, ()))
+        return self
+
+    def resolved(self) -> "SamplerSettings":
+        """A copy with every None and every unspecified option replaced by the sampler's default."""
+        grid_defaults = self.spec.grid_defaults
+        options = {**self.spec.options, "set_alpha_to_one": grid_defaults["set_alpha_to_one"], **self.options}
+        return replace(self, spacing=self.spacing or grid_defaults["spacing"],
+                       steps_offset=grid_defaults["steps_offset"] if self.steps_offset is None else self.steps_offset,
+                       options=options)
+
+    @property
+    def label(self) -> str:
+        """AUTOMATIC1111's sampler name for the PNG ``parameters`` chunk, schedule included ("DPM++ 2M Karras")."""
+        return self.spec.label + _SCHEDULE_LABELS[self.sigma_schedule]
+
+    def grid(self, schedule, timesteps=None) -> SamplingGrid:
+        """The validated settings' grid on ``schedule`` (a ``NoiseSchedule`` or its ``alphas_cumprod``)."""
+        acp = getattr(schedule, "alphas_cumprod", schedule)
+        r = self.validate(len(acp)).resolved()
+        try:
+            return build_grid(acp, r.steps, r.spacing, r.sigma_schedule, r.steps_offset, r.options["set_alpha_to_one"],
+                              timesteps)
+        except ValueError as err:  # e.g. CompVis 'uniform' past the end: the message names what works
+            raise SettingsError("timesteps" if timesteps is not None else "steps", str(err)) from None
+
+    def sampler_options(self) -> dict:
+        """The options handed to the sampler's loop function (the grid options removed)."""
+        r = self.resolved()
+        return {k: v for k, v in r.options.items() if k not in GRID_OPTIONS}
+
+
+def _check_option_value(name: str, value, default, choices) -> None:
+    if choices:
+        if value not in choices:
+            raise SettingsError(name, f"{name} must be one of {', '.join(map(repr, choices))}, not {value!r}")
+    elif isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise SettingsError(name, f"{name} must be True or False, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SettingsError(name, f"{name} must be a positive integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            hint = " (0 = deterministic, 1 = the full ancestral/DDPM noise)" if name == "eta" else ""
+            raise SettingsError(name, f"{name} must be >= 0 and finite{hint}, got {value!r}")
+
+
+def default_sampler_settings(sampler: str) -> dict:
+    """``spacing``, ``steps_offset`` and ``set_alpha_to_one`` when not given: the sampler's ``grid_defaults``."""
+    SamplerSettings(sampler).validate()
+    return dict(SAMPLERS[sampler].grid_defaults)
 
 
 def model_output_to_eps(model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, prediction_type: str):
@@ -49,6 +169,7 @@ def model_output_to_eps(model_output: torch.Tensor, x: torch.Tensor, t: torch.Te
 
     v: :math:`\hat\epsilon = \sqrt{\bar\alpha_t}v + \sqrt{1-\bar\alpha_t}x_t` (CompVis SD 2 ``predict_eps_from_z_and_v``);
     x0: :math:`\hat\epsilon = (x_t/\sqrt{\bar\alpha_t} - \hat x_0)/\sqrt{1/\bar\alpha_t - 1}`.
+    ``t``: integer timesteps (B,) into ``schedule``; :func:`eps_from_output` takes :math:`\bar\alpha_t` itself.
     """
     if prediction_type == "eps":
         return model_output
@@ -59,23 +180,41 @@ def model_output_to_eps(model_output: torch.Tensor, x: torch.Tensor, t: torch.Te
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {prediction_type!r}")
 
 
-def default_sampler_settings(sampler: str) -> dict:
-    """Defaults when ``spacing`` / ``set_alpha_to_one`` are not given.
+def eps_from_output(model_output: torch.Tensor, x: torch.Tensor, a_t: float, prediction_type: str) -> torch.Tensor:
+    r""":func:`model_output_to_eps` at a level given by its :math:`\bar\alpha_t` = ``a_t`` (real-valued timesteps)."""
+    if prediction_type == "eps":
+        return model_output
+    if prediction_type == "v":
+        return a_t**0.5 * model_output + (1 - a_t) ** 0.5 * x
+    if prediction_type == "x0":
+        return (x / a_t**0.5 - model_output) / (1 / a_t - 1) ** 0.5
+    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {prediction_type!r}")
 
-    DDIM, PLMS and PNDM follow CompVis (``uniform`` spacing, last previous alpha = ``alphas_cumprod[0]``);
-    DDPM uses ``leading`` spacing ending at t = 0 with :math:`\\bar\\alpha_{-1} = 1`: with ``steps = T`` that is
-    every step from T-1 down to 0, as the paper's Algorithm 2 and CompVis's ``p_sample_loop`` do.
-    """
-    if sampler == "ddpm":
-        return {"spacing": "leading", "set_alpha_to_one": True}
-    return {"spacing": "uniform", "set_alpha_to_one": False}
+
+def _as_number(t: float):
+    return int(t) if float(t).is_integer() else float(t)
 
 
-def _check_timesteps(timesteps, T: int) -> np.ndarray:
-    ts = np.asarray(timesteps, dtype=np.int64).reshape(-1)
-    if ts.size == 0 or ts.min() < 0 or ts.max() >= T or np.any(np.diff(ts) < 0):
-        raise ValueError(f"timesteps must be a non-empty ascending sequence of integers in [0, {T}), got {timesteps!r}")
-    return ts
+def _model_function(eps_model, x_T: torch.Tensor, grid: SamplingGrid, prediction_type: str, quantize: bool, progress: dict):
+    """``model(x, t)`` for the samplers: real t (a float) -> a (B,) float tensor, quantized on request,
+    the output checked (shape, finiteness) and converted to :math:`\\hat\\epsilon`."""
+    T = len(grid.train_alphas_cumprod)
+    t_dtype = x_T.dtype if x_T.dtype in (torch.float32, torch.float64) else torch.float32
+
+    def model(x: torch.Tensor, t: float) -> torch.Tensor:
+        t_model = min(max(round(t), 0), T - 1) if quantize else t
+        t_in = torch.full((x.shape[0],), float(t_model), dtype=t_dtype, device=x.device)
+        out = eps_model(x, t_in)
+        if tuple(out.shape) != tuple(x.shape):
+            raise ValueError(f"the model returned shape {tuple(out.shape)} for an input of shape {tuple(x.shape)}; "
+                             "it must return one prediction per input value (same shape)")
+        if not torch.isfinite(out).all():
+            raise FloatingPointError(f"the model output contains NaN/inf at step {progress['step']} (timestep {_as_number(t_model)}); "
+                                     "in fp16 try float32 or upcast_attention")
+        # the conversion uses the level the network was evaluated at: x is x_t there
+        return out if prediction_type == "eps" else eps_from_output(out, x, grid.alpha_at(t), prediction_type)
+
+    return model
 
 
 def sample(
@@ -84,88 +223,69 @@ def sample(
     schedule: NoiseSchedule,
     sampler: str = "plms",
     steps: int = 50,
-    eta: float = 0.0,
+    *,
+    eta: float | None = None,
     spacing: str | None = None,
     prediction_type: str = "eps",
     set_alpha_to_one: bool | None = None,
-    steps_offset: int = 0,
+    steps_offset: int | None = None,
     timesteps=None,
+    sigma_schedule: str = "default",
+    quantize: bool = False,
+    options: Mapping[str, object] | None = None,
+    settings: SamplerSettings | None = None,
+    grid: SamplingGrid | None = None,
     generator: torch.Generator | None = None,
-    callback: Callable[[int, int, torch.Tensor, torch.Tensor], None] | None = None,
+    callback: Callable | None = None,
     return_trajectory: bool = False,
-    ddpm_variance: str = "posterior",
-    clip_denoised: bool = False,
+    ddpm_variance: str | None = None,
+    clip_denoised: bool | None = None,
 ):
-    r"""Run a sampler from ``x_T`` down to :math:`x_0`; returns ``x_0`` or ``(x_0, Trajectory)``.
+    r"""Run a sampler from ``x_T`` down the grid; returns ``x_0`` or ``(x_0, Trajectory)``.
 
     * ``eps_model(x, t)``: the network (wrap it with :func:`diffusion_notes.guidance.guided_eps_model` for
-      classifier-free guidance); ``t`` is an int64 tensor of shape (B,); it returns what the network
-      predicts, named by ``prediction_type`` (``"eps"``, ``"v"`` or ``"x0"``).
-    * ``sampler``: ``"ddpm"`` (ancestral, DDPM Alg. 2), ``"ddim"`` (DDIM Eq. 12, stochastic for eta > 0),
-      ``"plms"`` (CompVis PLMS), ``"pndm"`` (PLMS after 3 pseudo Runge-Kutta steps).
-    * ``steps`` and ``spacing`` pick the visited timesteps (:func:`~diffusion_notes.samplers.make_timesteps`),
-      or pass ``timesteps`` (ascending) yourself, e.g. a truncated list for image-to-image.
-    * ``set_alpha_to_one``: the previous alpha of the last step (see ``ddim_sampling_parameters``).
-      Defaults per sampler: :func:`default_sampler_settings`.
-    * ``generator``: the source of all noise (DDPM's z, DDIM's z when eta > 0); noise is drawn on the
-      generator's device, so a CPU generator makes results device independent.
-    * ``callback(i, t, x, pred_x0)`` is called after every step.
+      classifier-free guidance); ``t`` is a float tensor of shape (B,) holding a real-valued timestep
+      (integer-valued on the default σ schedule; rounded to the nearest trained one with ``quantize``);
+      it returns what the network predicts, named by ``prediction_type`` (``"eps"``, ``"v"`` or ``"x0"``).
+    * ``sampler``, ``steps``, ``sigma_schedule``, ``spacing``, ``steps_offset``, ``quantize`` and the sampler
+      options (``eta``, ``set_alpha_to_one``, ``ddpm_variance``, ``clip_denoised``, or any in ``options``):
+      see :class:`SamplerSettings`; or pass ``settings=SamplerSettings(...)`` instead of them.
+      A bad value, or an option the sampler does not take, is a :class:`~diffusion_notes.errors.SettingsError`.
+    * ``timesteps`` (ascending) replaces ``steps``/``spacing``; ``grid`` (a
+      :class:`~diffusion_notes.samplers.SamplingGrid`, e.g. ``grid.last(n)`` for image-to-image) replaces all three.
+    * ``generator``: the source of all noise; drawn on the generator's device, so a CPU generator makes
+      results device independent.
+    * ``callback(i, t, x, pred_x0)`` is called after every step (``t``: the level the step started from).
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {SAMPLERS}, not {sampler!r}")
-    if eta < 0:
-        raise ValueError(f"eta must be >= 0 (0 = deterministic DDIM, 1 = DDPM-like noise), got {eta}")
-    if eta != 0 and sampler != "ddim":
-        raise ValueError(f"eta applies to the ddim sampler only ({sampler} has its own noise rule); got eta={eta}")
+    given = {"eta": eta, "set_alpha_to_one": set_alpha_to_one, "ddpm_variance": ddpm_variance, "clip_denoised": clip_denoised}
+    given = {k: v for k, v in given.items() if v is not None}
+    if settings is None:
+        settings = SamplerSettings(sampler, steps, sigma_schedule, spacing, steps_offset, {**given, **(options or {})}, quantize)
+    elif given or options or spacing is not None or steps_offset is not None or sigma_schedule != "default" or quantize \
+            or sampler != "plms" or steps != 50:
+        raise SettingsError("settings", "pass either settings=SamplerSettings(...) or the separate sampler arguments, not both")
     if prediction_type not in PREDICTION_TYPES:
-        raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {prediction_type!r}")
-    defaults = default_sampler_settings(sampler)
-    spacing = defaults["spacing"] if spacing is None else spacing
-    set_alpha_to_one = defaults["set_alpha_to_one"] if set_alpha_to_one is None else set_alpha_to_one
-
+        raise SettingsError("prediction_type", f"prediction_type must be one of {PREDICTION_TYPES}, not {prediction_type!r}")
     T = schedule.num_timesteps
-    if timesteps is None:
-        ddim_timesteps = make_timesteps(steps, T, spacing, steps_offset)
-    else:
-        ddim_timesteps = _check_timesteps(timesteps, T)
-    ddim_alphas, ddim_alphas_prev, ddim_sigmas = ddim_sampling_parameters(schedule.alphas_cumprod, ddim_timesteps, eta, set_alpha_to_one)
-    batch = x_T.shape[0]
+    settings.validate(T)
+    if grid is None:
+        grid = settings.grid(schedule, timesteps)
 
-    def eps_fn(x: torch.Tensor, t: int) -> torch.Tensor:
-        t_in = torch.full((batch,), int(t), dtype=torch.long, device=x.device)
-        return model_output_to_eps(eps_model(x, t_in), x, t_in, schedule, prediction_type)
-
-    time_range = ddim_timesteps[::-1]
-    total_steps = len(time_range)
+    progress = {"step": 0}
+    model = _model_function(eps_model, x_T, grid, prediction_type, settings.quantize, progress)
+    noise = lambda: randn(x_T.shape, generator, x_T.device, x_T.dtype)  # noqa: E731
     trajectory = Trajectory(x=[x_T]) if return_trajectory else None
-    old_eps: list[torch.Tensor] = []
     x = x_T
-    for i, t in enumerate(time_range):
-        index = total_steps - i - 1
-        a_t, a_prev, sigma_t = float(ddim_alphas[index]), float(ddim_alphas_prev[index]), float(ddim_sigmas[index])
-        if sampler == "ddim":
-            noise = randn(x.shape, generator, x.device, x.dtype) if eta > 0 else None
-            x, pred_x0 = ddim_step(x, eps_fn(x, t), a_t, a_prev, sigma_t, noise)
-        elif sampler == "ddpm":
-            noise = randn(x.shape, generator, x.device, x.dtype) if index > 0 else None
-            x, pred_x0 = ddpm_step(x, eps_fn(x, t), a_t, a_prev, noise, ddpm_variance, clip_denoised)
-        elif sampler == "pndm" and i < PRK_WARMUP_STEPS:
-            # At the very last step there is no next timestep to evaluate at: use 0 (documented in docs/conventions.md).
-            t_prev = int(time_range[i + 1]) if i + 1 < total_steps else 0
-            t_mid = int(t) - (int(t) - t_prev) // 2
-            a_mid = float(schedule.alphas_cumprod[t_mid])
-            x, pred_x0, e_t = prk_step(eps_fn, x, t, t_mid, t_prev, a_t, a_mid, a_prev)
-            old_eps.append(e_t)
-        else:  # plms, and pndm after its warm-up
-            t_next = time_range[min(i + 1, total_steps - 1)]
-            x, pred_x0, e_t = plms_step(eps_fn, x, t, t_next, a_t, a_prev, old_eps)
-            old_eps.append(e_t)
-            if len(old_eps) >= 4:  # Adams-Bashforth of order 4 needs only the last three
-                old_eps.pop(0)
+    for step in settings.spec.fn(model, x_T, grid, noise, **settings.sampler_options()):
+        x = step.x
+        t = _as_number(step.t)
+        if not torch.isfinite(x).all():
+            raise FloatingPointError(f"the {settings.sampler} sampler's x became NaN/inf at step {step.i} (timestep {t})")
         if trajectory is not None:
-            trajectory.timesteps.append(int(t))
+            trajectory.timesteps.append(t)
             trajectory.x.append(x)
-            trajectory.pred_x0.append(pred_x0)
+            trajectory.pred_x0.append(step.pred_x0)
         if callback is not None:
-            callback(i, int(t), x, pred_x0)
+            callback(step.i, t, x, step.pred_x0)
+        progress["step"] = step.i + 1
     return (x, trajectory) if return_trajectory else x

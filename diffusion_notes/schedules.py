@@ -58,7 +58,7 @@ def make_beta_schedule(
     * ``"scaled_linear"``: :math:`\sqrt{\beta_t}` linear, then squared: Stable Diffusion's schedule.
       CompVis: ``"linear"`` (see the module docstring for the trap).
     * ``"cosine"``: improved DDPM (Nichol & Dhariwal 2021, Eq. 17):
-      :math:`\bar\alpha_t = f(t)/f(0)`, :math:`f(t) = \cos^2\!\big(\frac{t/T + s}{1+s}\frac{\pi}{2}\big)`,
+      :math:`\bar\alpha_t = f(t)/f(0)` for the paper's :math:`t = 1..T` (``f(t+1)/f(0)`` at the 0-based index), :math:`f(t) = \cos^2\!\big(\frac{t/T + s}{1+s}\frac{\pi}{2}\big)`,
       :math:`\beta_t = 1 - \bar\alpha_t / \bar\alpha_{t-1}` clipped at 0.999. diffusers: ``"squaredcos_cap_v2"``.
     * ``"sqrt"``: :math:`\beta_t = \sqrt{\text{linspace}(\text{start}, \text{end})}` (CompVis ``"sqrt"``).
 

@@ -146,9 +146,12 @@ def test_every_step_count_gives_valid_timesteps_or_a_clear_error():
             try:
                 ts = make_timesteps(steps, T, spacing)
             except ValueError as err:
+                if spacing == "quad":  # moving CompVis's repeats up passes T - 1 only for S = T
+                    assert steps == T and "past the end" in str(err), (steps, err)
+                    continue
                 assert spacing == "uniform" and "past the end" in str(err) and "IndexError" in str(err), (spacing, steps, err)
                 continue
-            assert ts.min() >= 0 and ts.max() < T and np.all(np.diff(ts) >= 0), (spacing, steps)
+            assert ts.min() >= 0 and ts.max() < T and np.all(np.diff(ts) > 0), (spacing, steps)
             if spacing != "uniform":
                 assert len(ts) == steps
     with pytest.raises(ValueError, match="use 500 steps"):

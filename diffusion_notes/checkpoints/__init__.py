@@ -2,7 +2,9 @@
 
 ``io`` reads any safetensors or ``torch.save`` file without running code from it and writes
 safetensors atomically; ``openclip`` converts OpenCLIP text towers (SD 2.x, SDXL) to and from the
-transformers CLIP layout.
+transformers CLIP layout; ``detect`` reads an original file's architecture from its shapes (and an
+original YAML); ``single_file`` and ``diffusers_folder`` read and write whole models in the two
+layouts, building networks with ``building``; ``tokenizers`` and ``hub`` find what single files lack.
 """
 
 from .io import CheckpointError, load_state_dict, pick_ema, save_state_dict, split_by_prefix

@@ -16,11 +16,13 @@ from typing import Callable
 
 import torch
 
-from ..forward import get_v, predict_start_from_noise, predict_start_from_z_and_v, q_posterior_mean_variance, q_sample
+from ..forward import (get_v, predict_eps_from_z_and_v, predict_start_from_noise, predict_start_from_z_and_v,
+                       q_posterior_mean_variance, q_sample)
 from ..guidance import classifier_free_guidance
 from ..losses import p_losses
 from ..mixture import GaussianMixture
-from ..samplers import ADAMS_BASHFORTH, ddim_sigma, ddim_step, make_timesteps, plms_step
+from ..models.attention import CrossAttention
+from ..samplers import ADAMS_BASHFORTH, adams_bashforth, ddim_sigma, ddim_step, ddpm_step, make_timesteps, plms_step
 from ..schedules import NoiseSchedule, make_beta_schedule
 
 __all__ = ["EXERCISES"] + [
@@ -41,6 +43,15 @@ __all__ = ["EXERCISES"] + [
         "adams_bashforth_coefficients",
         "pseudo_improved_euler",
         "classifier_free_guidance",
+        "ddpm_ancestral_step",
+        "plms_step_with_history",
+        "training_step",
+        "cross_attention",
+        "x0_and_eps_from_v",
+        "to_sigma_view",
+        "euler_step_in_sigma",
+        "ancestral_sigmas",
+        "karras_sigmas",
     )
 ]
 
@@ -80,13 +91,17 @@ def _is_number_list(value) -> bool:
 def _to_tensor(value) -> torch.Tensor:
     if isinstance(value, torch.Tensor):
         return value.detach().to(F64)
+    if isinstance(value, (tuple, list)) and value and all(isinstance(v, torch.Tensor) for v in value):
+        if len({tuple(v.shape) for v in value}) == 1:
+            return torch.stack([v.detach().to(F64) for v in value])  # a list of tensors, e.g. a sampler's history
     if _is_number_list(value):
         return torch.tensor([float(v) for v in value], dtype=F64)
     return torch.as_tensor(value, dtype=F64)
 
 
-def _close(got, expected, exercise: Exercise) -> tuple[bool, str]:
-    """(equal?, reason) for outputs that may be tensors, numbers or tuples of them."""
+def _close(got, expected, exercise: Exercise, where: list | None = None) -> tuple[bool, str]:
+    """(equal?, reason) for outputs that may be tensors, numbers or tuples of them. When ``where`` is a list,
+    a mismatch of values appends ``(output number, index of the largest difference, expected, got)`` to it."""
     got_t, exp_t = _as_tuple(got), _as_tuple(expected)
     if len(got_t) != len(exp_t):
         return False, f"expected {len(exp_t)} output(s), got {len(got_t)}"
@@ -106,8 +121,25 @@ def _close(got, expected, exercise: Exercise) -> tuple[bool, str]:
         if not torch.isfinite(g).all() and torch.isfinite(e).all():
             return False, f"output {k} contains NaN or inf"
         if not torch.allclose(g, e, rtol=exercise.rtol, atol=exercise.atol):
-            return False, f"output {k}: max |got - expected| = {float((g - e).abs().max()):.3g}"
+            difference = (g - e).abs().nan_to_num(nan=float("inf"))
+            flat = int(difference.flatten().argmax()) if difference.dim() else 0
+            index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), difference.shape)) if difference.dim() else ()
+            if where is not None:
+                where.append((k, index, float(e.flatten()[flat]) if e.dim() else float(e), float(g.flatten()[flat]) if g.dim() else float(g)))
+            return False, f"output {k}: max |got - expected| = {float(difference.max()):.3g}"
     return True, ""
+
+
+def _where(detail, kwargs) -> str:
+    """Where the largest difference is: the element's index, and for batched inputs its batch element and t."""
+    k, index, expected, got = detail
+    text = f"  largest difference in output {k}"
+    if index:
+        text += f" at index {index}"
+        t = kwargs.get("t")
+        if isinstance(t, torch.Tensor) and t.dim() == 1 and len(index) > 1 and index[0] < len(t):
+            text += f" (batch element {index[0]}, t = {int(t[index[0]])})"
+    return text + f": expected {expected:.6g}, got {got:.6g}"
 
 
 def _describe(value, limit: int = 4) -> str:
@@ -129,7 +161,12 @@ def _describe(value, limit: int = 4) -> str:
 
 def _call(fn, kwargs):
     # clone tensor inputs so a student function that modifies them in place cannot corrupt the next case
-    return fn(**{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+    def copy(v):
+        if isinstance(v, torch.Tensor):
+            return v.clone()
+        return [copy(e) for e in v] if isinstance(v, list) else v
+
+    return fn(**{k: copy(v) for k, v in kwargs.items()})
 
 
 def _check(exercise: Exercise, student: Callable) -> bool:
@@ -148,13 +185,16 @@ def _check(exercise: Exercise, student: Callable) -> bool:
             if exercise.hint:
                 print(f"  hint: {exercise.hint}")
             return False
-        ok, reason = _close(got, expected, exercise)
+        where = []
+        ok, reason = _close(got, expected, exercise, where)
         if ok:
             continue
         print(f"{exercise.name}: case {i}/{len(cases)} ({label}) is wrong: {reason}")
         _print_inputs(kwargs)
         print(f"  expected: {_describe(expected)}")
         print(f"  got     : {_describe(got)}")
+        if where:
+            print(_where(where[0], kwargs))
         for mistake, message in exercise.mistakes:
             try:
                 matches = _close(got, _call(mistake, kwargs), exercise)[0]
@@ -369,6 +409,12 @@ def _x_t_cases():
         s = _schedule(c["betas"])
         x_t = q_sample(c["x0"], c["t"], c["noise"], s)
         cases.append((label, dict(x_t=x_t, t=c["t"], noise=c["noise"], alphas_cumprod=s.alphas_cumprod)))
+    # a network's estimate is never the exact noise: then x0_hat leaves [-1, 1] (and a clamp would change it)
+    for label, c in _batch_cases()[:2]:
+        s = _schedule(c["betas"])
+        x_t = q_sample(c["x0"], c["t"], c["noise"], s)
+        estimate = 0.7 * c["noise"] + 0.5 * torch.randn(c["noise"].shape, generator=_gen(50), dtype=F64)
+        cases.append((label + ", an imperfect noise estimate (x0_hat outside [-1, 1])", dict(x_t=x_t, t=c["t"], noise=estimate, alphas_cumprod=s.alphas_cumprod)))
     return cases
 
 
@@ -386,6 +432,7 @@ check_predict_start_from_noise = _register(
             (lambda x_t, t, noise, alphas_cumprod: x_t - (1 - _r(alphas_cumprod, t)).sqrt() * noise, "you removed the noise but forgot to divide by sqrt(abar_t): x_t carries x0 scaled by sqrt(abar_t)."),
             (lambda x_t, t, noise, alphas_cumprod: (x_t - (1 - _r(alphas_cumprod, t)) * noise) / _r(alphas_cumprod, t).sqrt(), "the noise coefficient is sqrt(1 - abar_t), not 1 - abar_t."),
             (lambda x_t, t, noise, alphas_cumprod: (x_t - (1 - _r(alphas_cumprod, t)).sqrt() * noise) / _r(alphas_cumprod, t), "divide by sqrt(abar_t), not abar_t."),
+            (lambda x_t, t, noise, alphas_cumprod: ((x_t - (1 - _r(alphas_cumprod, t)).sqrt() * noise) / _r(alphas_cumprod, t).sqrt()).clamp(-1, 1), "do not clamp: the formula is exact, and with an imperfect noise estimate x0_hat leaves [-1, 1]. Clipping is a separate, optional step (CompVis clip_denoised, diffusers clip_sample), used for pixel-space models only, never for SD's latents."),
         ],
         hint="solve DDPM Eq. 4 for x0: x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t) = sqrt(1/abar_t) x_t - sqrt(1/abar_t - 1) eps. The checker compares with diffusion_notes.predict_start_from_noise.",
     )
@@ -424,6 +471,11 @@ def _z_v_cases():
         x_t = q_sample(c["x0"], c["t"], c["noise"], s)
         v = get_v(c["x0"], c["noise"], c["t"], s)
         cases.append((label, dict(x_t=x_t, t=c["t"], v=v, alphas_cumprod=s.alphas_cumprod)))
+    for label, c in _batch_cases()[:2]:  # an imperfect v estimate: x0_hat leaves [-1, 1]
+        s = _schedule(c["betas"])
+        x_t = q_sample(c["x0"], c["t"], c["noise"], s)
+        v = get_v(c["x0"], c["noise"], c["t"], s) + 1.5 * torch.randn(c["x0"].shape, generator=_gen(51), dtype=F64)
+        cases.append((label + ", an imperfect v estimate (x0_hat outside [-1, 1])", dict(x_t=x_t, t=c["t"], v=v, alphas_cumprod=s.alphas_cumprod)))
     return cases
 
 
@@ -438,6 +490,7 @@ check_predict_start_from_z_and_v = _register(
             (lambda x_t, t, v, alphas_cumprod: _r(alphas_cumprod, t).sqrt() * x_t + (1 - _r(alphas_cumprod, t)).sqrt() * v, "sign: x0 = sqrt(abar) x_t MINUS sqrt(1 - abar) v (that plus-sign combination is eps, predict_eps_from_z_and_v)."),
             (lambda x_t, t, v, alphas_cumprod: (1 - _r(alphas_cumprod, t)).sqrt() * x_t - _r(alphas_cumprod, t).sqrt() * v, "coefficients swapped: x_t gets sqrt(abar_t), v gets sqrt(1 - abar_t)."),
             (lambda x_t, t, v, alphas_cumprod: (x_t - (1 - _r(alphas_cumprod, t)).sqrt() * v) / _r(alphas_cumprod, t).sqrt(), "that treats v like eps; with v no division is needed: x0 = sqrt(abar) x_t - sqrt(1 - abar) v."),
+            (lambda x_t, t, v, alphas_cumprod: (_r(alphas_cumprod, t).sqrt() * x_t - (1 - _r(alphas_cumprod, t)).sqrt() * v).clamp(-1, 1), "do not clamp: with an imperfect v estimate x0_hat leaves [-1, 1]; clipping is a separate, optional step (clip_denoised / clip_sample), never part of the conversion."),
         ],
         hint="substitute x_t = sqrt(abar) x0 + sqrt(1-abar) eps and v = sqrt(abar) eps - sqrt(1-abar) x0 into sqrt(abar) x_t - sqrt(1-abar) v and use abar + (1 - abar) = 1.",
     )
@@ -666,5 +719,377 @@ check_classifier_free_guidance = _register(
             (lambda e_uncond, e_cond, scale: scale * e_cond, "scaling e_cond alone is not guidance: the unconditional prediction must enter: e_u + s (e_c - e_u)."),
         ],
         hint="Ho & Salimans 2022 Eq. 6 in CompVis's form: e = e_uncond + scale * (e_cond - e_uncond); scale 0 = unconditional, 1 = conditional.",
+    )
+)
+
+
+# --------------------------------------------------------------------------------------------
+# second set (notebooks/exercises/04_samplers_training_attention.ipynb, 05_sigma_view.ipynb)
+
+# 16. DDPM ancestral step
+
+
+def _ddpm_step_cases():
+    a = NoiseSchedule.stable_diffusion().alphas_cumprod
+    cases = []
+    for k, (t, t_prev) in enumerate([(999, 998), (500, 499), (1, 0), (981, 961), (101, 1)]):
+        g = _gen(400 + k)
+        x, e_t, noise = (torch.randn(3, 2, 4, 4, generator=g, dtype=F64) for _ in range(3))
+        label = f"t={t} -> {t_prev}" + (" (consecutive)" if t - t_prev == 1 else " (skipping steps)")
+        cases.append((label, dict(x=x, e_t=e_t, a_t=float(a[t]), a_prev=float(a[t_prev]), noise=noise)))
+    return cases
+
+
+def _ddpm_variant(x, e_t, a_t, a_prev, noise, variance="posterior", beta_from="step", std=True):
+    beta = 1 - a_t / a_prev if beta_from == "step" else 1 - a_t
+    pred_x0 = (x - (1 - a_t) ** 0.5 * e_t) / a_t**0.5
+    mean = (a_prev**0.5 * beta / (1 - a_t)) * pred_x0 + ((1 - beta) ** 0.5 * (1 - a_prev) / (1 - a_t)) * x
+    var = beta * (1 - a_prev) / (1 - a_t) if variance == "posterior" else beta
+    return mean + (var**0.5 if std else var) * noise
+
+
+check_ddpm_ancestral_step = _register(
+    Exercise(
+        name="ddpm_ancestral_step",
+        signature="(x, e_t, a_t, a_prev, noise) -> x_prev",
+        reference=lambda x, e_t, a_t, a_prev, noise: ddpm_step(x, e_t, a_t, a_prev, noise, variance="posterior")[0],
+        cases=_ddpm_step_cases,
+        mistakes=[
+            (lambda **kw: _ddpm_variant(**kw, variance="beta"), "the mean is right but you used sigma^2 = beta (DDPM's other choice, fixed_large); this exercise asks for the posterior variance beta_tilde = (1 - a_prev) / (1 - a_t) * beta."),
+            (lambda **kw: _ddpm_variant(**kw, std=False), "the noise is scaled by the standard deviation sqrt(beta_tilde), not by the variance."),
+            (lambda **kw: _ddpm_variant(**kw, beta_from="abar"), "the step's beta is 1 - a_t / a_prev (one step from a_prev to a_t), not 1 - a_t; they agree only at the first step."),
+            (lambda x, e_t, a_t, a_prev, noise: ddpm_step(x, e_t, a_t, a_prev, None)[0], "you returned the posterior mean: add sigma * noise (DDPM Algorithm 2, line 4)."),
+        ],
+        hint="x0_hat = (x - sqrt(1-a_t) e_t) / sqrt(a_t); beta = 1 - a_t/a_prev; mean = sqrt(a_prev) beta/(1-a_t) x0_hat + sqrt(1-beta)(1-a_prev)/(1-a_t) x (DDPM Eq. 7); x_prev = mean + sqrt((1-a_prev)/(1-a_t) beta) noise.",
+    )
+)
+
+# 17. PLMS step with its history
+
+
+def _plms_history_cases():
+    a = NoiseSchedule.stable_diffusion().alphas_cumprod
+    cases = []
+    for k, n_old in enumerate([1, 2, 3, 4]):
+        g = _gen(500 + k)
+        x, e_t = torch.randn(2, 3, 4, generator=g, dtype=F64), torch.randn(2, 3, 4, generator=g, dtype=F64)
+        old = [torch.randn(2, 3, 4, generator=g, dtype=F64) for _ in range(n_old)]
+        t, t_prev = 801 - 100 * k, 701 - 100 * k
+        cases.append((f"{n_old} previous e_t in the history, t={t} -> {t_prev}", dict(x=x, e_t=e_t, old_eps=old, a_t=float(a[t]), a_prev=float(a[t_prev]))))
+    return cases
+
+
+def _plms_history_ref(x, e_t, old_eps, a_t, a_prev):
+    x_prev, _ = ddim_step(x, adams_bashforth(e_t, old_eps), a_t, a_prev)
+    return x_prev, (list(old_eps) + [e_t])[-3:]
+
+
+def _plms_history_variant(x, e_t, old_eps, a_t, a_prev, kind):
+    if kind == "combined_in_history":
+        e_prime = adams_bashforth(e_t, old_eps)
+        return ddim_step(x, e_prime, a_t, a_prev)[0], (list(old_eps) + [e_prime])[-3:]
+    if kind == "reversed":
+        e_prime = adams_bashforth(e_t, list(reversed(old_eps)))
+    elif kind == "always_fourth":
+        padded = ([old_eps[0]] * 3 + list(old_eps))[-3:]
+        e_prime = adams_bashforth(e_t, padded)
+    else:  # euler
+        e_prime = e_t
+    return ddim_step(x, e_prime, a_t, a_prev)[0], (list(old_eps) + [e_t])[-3:]
+
+
+check_plms_step_with_history = _register(
+    Exercise(
+        name="plms_step_with_history",
+        signature="(x, e_t, old_eps, a_t, a_prev) -> (x_prev, new_old_eps)",
+        reference=_plms_history_ref,
+        cases=_plms_history_cases,
+        mistakes=[
+            (lambda **kw: _plms_history_variant(**kw, kind="combined_in_history"), "x_prev is right, but the history must keep the RAW e_t, not the combined e_t' (CompVis appends e_t to old_eps)."),
+            (lambda **kw: _plms_history_variant(**kw, kind="reversed"), "old_eps is ordered oldest first: the NEWEST previous estimate is old_eps[-1] (it gets -59/24 in the 4th-order rule)."),
+            (lambda **kw: _plms_history_variant(**kw, kind="always_fourth"), "the order depends on the history: 1 previous e_t -> (3 e_t - e_-1)/2, 2 -> (23, -16, 5)/12, 3 or more -> (55, -59, 37, -9)/24."),
+            (lambda **kw: _plms_history_variant(**kw, kind="euler"), "that is a plain DDIM step with e_t; combine e_t with the history (Adams-Bashforth) first."),
+        ],
+        hint="PNDM Eq. 12 (CompVis p_sample_plms): e' from e_t and old_eps[-1], old_eps[-2], old_eps[-3] (newest last); x_prev = sqrt(a_prev) (x - sqrt(1-a_t) e')/sqrt(a_t) + sqrt(1-a_prev) e'; new history = (old_eps + [e_t])[-3:].",
+    )
+)
+
+# 18. one training step
+
+
+def _linear_eps_model(params, x, t):
+    """A three-parameter stand-in for a network: eps = p0 * x + p1 * t/1000 + p2."""
+    return params[0] * x + params[1] * t.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1))) / 1000 + params[2]
+
+
+def _training_cases():
+    cases = []
+    for label, c in _batch_cases():
+        params = torch.tensor([0.3, -0.2, 0.05], dtype=F64)
+        cases.append((label, dict(eps_model=_linear_eps_model, params=params, x0=c["x0"], t=c["t"], noise=c["noise"],
+                                  alphas_cumprod=_schedule(c["betas"]).alphas_cumprod, lr=0.1)))
+    return cases
+
+
+def _training_variant(eps_model, params, x0, t, noise, alphas_cumprod, lr, target="eps", sign=-1, model_input="x_t"):
+    params = params.detach().clone().requires_grad_(True)
+    a = _r(alphas_cumprod, t)
+    x_t = a.sqrt() * x0 + (1 - a).sqrt() * noise
+    prediction = eps_model(params, x_t if model_input == "x_t" else x0, t)
+    loss = ((prediction - (noise if target == "eps" else x0)) ** 2).mean()
+    (grad,) = torch.autograd.grad(loss, params)
+    return loss.detach(), (params + sign * lr * grad).detach()
+
+
+def _training_ref(eps_model, params, x0, t, noise, alphas_cumprod, lr):
+    params = params.detach().clone().requires_grad_(True)
+    loss = p_losses(lambda x, tt: eps_model(params, x, tt), x0, t, _from_alphas_cumprod(alphas_cumprod), noise=noise)
+    (grad,) = torch.autograd.grad(loss, params)
+    return loss.detach(), (params - lr * grad).detach()
+
+
+check_training_step = _register(
+    Exercise(
+        name="training_step",
+        signature="(eps_model, params, x0, t, noise, alphas_cumprod, lr) -> (loss, new_params)",
+        reference=_training_ref,
+        cases=_training_cases,
+        mistakes=[
+            (lambda **kw: _training_variant(**kw, sign=+1), "the loss is right but you stepped UP the gradient: gradient descent is params - lr * grad."),
+            (lambda **kw: _training_variant(**kw, target="x0"), "the regression target is the noise eps (DDPM Eq. 14), not x0."),
+            (lambda **kw: _training_variant(**kw, model_input="x0"), "the model must see the noised x_t = sqrt(abar) x0 + sqrt(1-abar) eps, not x0."),
+        ],
+        hint="DDPM Algorithm 1: x_t = sqrt(abar_t) x0 + sqrt(1-abar_t) noise; loss = mean((eps_model(params, x_t, t) - noise)^2); grad = torch.autograd.grad(loss, params) with params.requires_grad_(); new_params = params - lr * grad.",
+    )
+)
+
+# 19. cross-attention
+
+
+def _attention_cases():
+    cases = []
+    for k, (heads, d_head, n_query, n_context) in enumerate([(1, 8, 5, 3), (2, 4, 6, 7), (4, 2, 4, 77)]):
+        g = _gen(600 + k)
+        inner, context_dim = heads * d_head, 5
+        x = torch.randn(2, n_query, inner, generator=g, dtype=F64)
+        context = torch.randn(2, n_context, context_dim, generator=g, dtype=F64)
+        W_q = torch.randn(inner, inner, generator=g, dtype=F64) / inner**0.5
+        W_k = torch.randn(context_dim, inner, generator=g, dtype=F64) / context_dim**0.5
+        W_v = torch.randn(context_dim, inner, generator=g, dtype=F64) / context_dim**0.5
+        cases.append((f"{heads} head(s) of {d_head}, {n_query} image tokens, {n_context} prompt tokens",
+                      dict(x=x, context=context, W_q=W_q, W_k=W_k, W_v=W_v, heads=heads)))
+    return cases
+
+
+def _attention_ref(x, context, W_q, W_k, W_v, heads):
+    """The library's CrossAttention with these projections and an identity output projection."""
+    inner = W_q.shape[1]
+    layer = CrossAttention(query_dim=x.shape[-1], context_dim=context.shape[-1], heads=heads, dim_head=inner // heads).to(F64)
+    with torch.no_grad():
+        layer.to_q.weight.copy_(W_q.T)
+        layer.to_k.weight.copy_(W_k.T)
+        layer.to_v.weight.copy_(W_v.T)
+        layer.to_out[0].weight.copy_(torch.eye(inner, dtype=F64))
+        layer.to_out[0].bias.zero_()
+        return layer(x, context)
+
+
+def _attention_variant(x, context, W_q, W_k, W_v, heads, scale="d_head", axis=-1, split=True):
+    q, k, v = x @ W_q, context @ W_k, context @ W_v
+    b, n, inner = q.shape
+    h = heads if split else 1
+    q, k, v = (m.reshape(b, m.shape[1], h, inner // h).transpose(1, 2) for m in (q, k, v))
+    d = inner // heads
+    factor = {"d_head": d**0.5, "inner": inner**0.5, "d": d, "none": 1.0}[scale]
+    weights = torch.softmax(q @ k.transpose(-1, -2) / factor, dim=axis)
+    return (weights @ v).transpose(1, 2).reshape(b, n, inner)
+
+
+check_cross_attention = _register(
+    Exercise(
+        name="cross_attention",
+        signature="(x, context, W_q, W_k, W_v, heads) -> out",
+        reference=_attention_ref,
+        cases=_attention_cases,
+        mistakes=[
+            (lambda **kw: _attention_variant(**kw, scale="inner"), "scale by sqrt(d_head), the width of ONE head (inner / heads), not by sqrt of the full width."),
+            (lambda **kw: _attention_variant(**kw, scale="d"), "scale by the square root of d_head, not by d_head itself."),
+            (lambda **kw: _attention_variant(**kw, scale="none"), "divide the logits Q K^T by sqrt(d_head) before the softmax."),
+            (lambda **kw: _attention_variant(**kw, axis=-2), "softmax over the KEYS (the prompt tokens, last axis of Q K^T): each image token's weights over the prompt sum to 1."),
+            (lambda **kw: _attention_variant(**kw, split=False, scale="inner"), "split the channels into `heads` heads of d_head = inner / heads, attend in each separately, and concatenate."),
+        ],
+        hint="LDM Eq. 3: Q = x W_q, K = context W_k, V = context W_v, each (B, N, heads * d) reshaped to (B, heads, N, d); out = softmax(Q K^T / sqrt(d)) V per head, heads concatenated back to (B, N, heads * d).",
+    )
+)
+
+# 20. the v parameterisation inverted: x0 and eps from (x_t, v)
+
+
+def _x0_eps_from_v_ref(x_t, t, v, alphas_cumprod):
+    s = _from_alphas_cumprod(alphas_cumprod)
+    return predict_start_from_z_and_v(x_t, t, v, s), predict_eps_from_z_and_v(x_t, t, v, s)
+
+
+def _x0_eps_variant(x_t, t, v, alphas_cumprod, kind):
+    a = _r(alphas_cumprod, t)
+    x0 = a.sqrt() * x_t - (1 - a).sqrt() * v
+    if kind == "eps_sign":
+        return x0, a.sqrt() * v - (1 - a).sqrt() * x_t
+    if kind == "eps_swapped":
+        return x0, (1 - a).sqrt() * v + a.sqrt() * x_t
+    return x0, (x_t - a.sqrt() * x0) / (1 - a)  # kind == "variance"
+
+
+check_x0_and_eps_from_v = _register(
+    Exercise(
+        name="x0_and_eps_from_v",
+        signature="(x_t, t, v, alphas_cumprod) -> (x0, eps)",
+        reference=_x0_eps_from_v_ref,
+        cases=_z_v_cases,
+        rtol=1e-5,
+        mistakes=[
+            (lambda **kw: _x0_eps_variant(**kw, kind="eps_sign"), "x0 is right; for eps both terms are added: eps = sqrt(abar) v + sqrt(1 - abar) x_t."),
+            (lambda **kw: _x0_eps_variant(**kw, kind="eps_swapped"), "x0 is right; in eps the coefficients are swapped: v gets sqrt(abar_t), x_t gets sqrt(1 - abar_t)."),
+            (lambda **kw: _x0_eps_variant(**kw, kind="variance"), "x0 is right; solving x_t = sqrt(abar) x0 + sqrt(1-abar) eps for eps divides by sqrt(1 - abar), not 1 - abar (or use eps = sqrt(abar) v + sqrt(1-abar) x_t)."),
+        ],
+        hint="(x_t, v) is (x0, eps) rotated by the angle phi with cos(phi) = sqrt(abar), sin(phi) = sqrt(1-abar): x_t = cos x0 + sin eps, v = cos eps - sin x0. Rotate back: x0 = cos x_t - sin v, eps = sin x_t + cos v.",
+    )
+)
+
+# 21. to the sigma view
+
+
+def _sigma_view_cases():
+    return [(label, dict(x_t=q_sample(c["x0"], c["t"], c["noise"], _schedule(c["betas"])), t=c["t"], alphas_cumprod=_schedule(c["betas"]).alphas_cumprod))
+            for label, c in _batch_cases()[:2]]
+
+
+def _sigma_view_ref(x_t, t, alphas_cumprod):
+    s = _from_alphas_cumprod(alphas_cumprod)
+    return x_t / s.sqrt_alphas_cumprod[t].reshape(-1, 1, 1, 1), s.sigmas[t]
+
+
+check_to_sigma_view = _register(
+    Exercise(
+        name="to_sigma_view",
+        signature="(x_t, t, alphas_cumprod) -> (x_bar, sigma)",
+        reference=_sigma_view_ref,
+        cases=_sigma_view_cases,
+        rtol=1e-6,
+        mistakes=[
+            (lambda x_t, t, alphas_cumprod: (x_t / _r(alphas_cumprod, t).sqrt(), (1 - alphas_cumprod[t]).sqrt()), "x_bar is right; sigma is the noise level of x_bar = x_t / sqrt(abar), so divide the noise std too: sigma = sqrt((1 - abar) / abar)."),
+            (lambda x_t, t, alphas_cumprod: (x_t * _r(alphas_cumprod, t).sqrt(), ((1 - alphas_cumprod[t]) / alphas_cumprod[t]).sqrt()), "sigma is right; x_bar = x_t / sqrt(abar) (DIVIDE, so that x_bar = x0 + sigma eps)."),
+            (lambda x_t, t, alphas_cumprod: (x_t / _r(alphas_cumprod, t).sqrt(), (1 - alphas_cumprod[t]) / alphas_cumprod[t]), "that is sigma^2; sigma is its square root."),
+        ],
+        hint="divide DDPM Eq. 4 by sqrt(abar_t): x_t / sqrt(abar) = x0 + sqrt((1 - abar)/abar) eps = x0 + sigma eps (DDIM Eq. 14, Karras et al. 2022). Return sigma with one value per batch element, shape (B,).",
+    )
+)
+
+# 22. one Euler step in sigma (issue 9)
+
+
+def _euler_sigma_cases():
+    sigmas = NoiseSchedule.stable_diffusion().sigmas
+    cases = []
+    for k, (t, t_next) in enumerate([(999, 899), (500, 400), (100, 0)]):
+        g = _gen(700 + k)
+        sigma, sigma_next = float(sigmas[t]), float(sigmas[t_next])
+        x_bar = sigma * torch.randn(3, 2, 4, 4, generator=g, dtype=F64)
+        eps = torch.randn(3, 2, 4, 4, generator=g, dtype=F64)
+        cases.append((f"sigma {sigma:.3g} -> {sigma_next:.3g} (SD's t={t} -> {t_next})", dict(x_bar=x_bar, eps=eps, sigma=sigma, sigma_next=sigma_next)))
+    cases.append(("the last step, to sigma = 0", dict(x_bar=cases[-1][1]["x_bar"], eps=cases[-1][1]["eps"], sigma=float(sigmas[0]), sigma_next=0.0)))
+    return cases
+
+
+check_euler_step_in_sigma = _register(
+    Exercise(
+        name="euler_step_in_sigma",
+        signature="(x_bar, eps, sigma, sigma_next) -> x_bar_next",
+        reference=lambda x_bar, eps, sigma, sigma_next: x_bar + (sigma_next - sigma) * eps,
+        cases=_euler_sigma_cases,
+        mistakes=[
+            (lambda x_bar, eps, sigma, sigma_next: x_bar + (sigma - sigma_next) * eps, "sign: sigma DEcreases, and dx_bar/dsigma = eps, so x_bar_next = x_bar + (sigma_next - sigma) eps (a negative multiple of eps)."),
+            (lambda x_bar, eps, sigma, sigma_next: x_bar + (sigma_next**2 - sigma**2) * eps, "step in sigma, not in sigma^2: the probability-flow ODE is dx_bar/dsigma = eps."),
+            (lambda x_bar, eps, sigma, sigma_next: x_bar - sigma * eps, "x_bar - sigma eps is the x0 estimate; the step only goes to sigma_next: x_bar + (sigma_next - sigma) eps."),
+        ],
+        hint="the probability-flow ODE in the sigma view is dx_bar/dsigma = eps(x_bar, sigma) (DDIM Eq. 14); one Euler step: x_bar_next = x_bar + (sigma_next - sigma) eps. k-diffusion: sample_euler with d = (x - denoised) / sigma = eps.",
+    )
+)
+
+# 23. the ancestral split sigma_down, sigma_up (issue 9)
+
+
+def _ancestral_ref(sigma, sigma_next, eta):
+    """k-diffusion ``get_ancestral_step``, transcribed."""
+    if not eta:
+        return sigma_next, 0.0
+    sigma_up = min(sigma_next, eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+    return (sigma_next**2 - sigma_up**2) ** 0.5, sigma_up
+
+
+def _ancestral_cases():
+    sigmas = NoiseSchedule.stable_diffusion().sigmas
+    pairs = [(999, 949, 1.0), (500, 450, 1.0), (200, 100, 0.5), (50, 0, 1.0), (300, 250, 0.0), (600, 300, 2.0)]
+    cases = [(f"sigma {float(sigmas[a]):.4g} -> {float(sigmas[b]):.4g}, eta={eta}", dict(sigma=float(sigmas[a]), sigma_next=float(sigmas[b]), eta=eta)) for a, b, eta in pairs]
+    return cases + [(f"sigma {float(sigmas[50]):.4g} -> 0 (the last step), eta=1.0", dict(sigma=float(sigmas[50]), sigma_next=0.0, eta=1.0))]
+
+
+def _ancestral_variant(sigma, sigma_next, eta, kind):
+    up = eta * (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5
+    if kind == "no_min":
+        return (max(sigma_next**2 - up**2, 0.0)) ** 0.5, up
+    up = min(sigma_next, up)
+    if kind == "linear_down":
+        return sigma_next - up, up
+    if kind == "no_eta":
+        up = min(sigma_next, (sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2) ** 0.5)
+    return (sigma_next**2 - up**2) ** 0.5, up
+
+
+check_ancestral_sigmas = _register(
+    Exercise(
+        name="ancestral_sigmas",
+        signature="(sigma, sigma_next, eta) -> (sigma_down, sigma_up)",
+        reference=_ancestral_ref,
+        cases=_ancestral_cases,
+        rtol=1e-9,
+        mistakes=[
+            (lambda **kw: _ancestral_variant(**kw, kind="linear_down"), "variances add, not standard deviations: sigma_down = sqrt(sigma_next^2 - sigma_up^2)."),
+            (lambda **kw: _ancestral_variant(**kw, kind="no_eta"), "sigma_up scales with eta (eta = 0: no noise, sigma_down = sigma_next; eta = 1: the DDPM-like amount)."),
+            (lambda **kw: _ancestral_variant(**kw, kind="no_min"), "cap sigma_up at sigma_next (min(sigma_next, ...)): with eta > 1 the formula asks for more noise than the target level holds."),
+        ],
+        hint="k-diffusion get_ancestral_step: sigma_up = min(sigma_next, eta * sqrt(sigma_next^2 (sigma^2 - sigma_next^2) / sigma^2)); sigma_down = sqrt(sigma_next^2 - sigma_up^2). Step deterministically to sigma_down, then add sigma_up * noise: the total variance is sigma_next^2.",
+    )
+)
+
+# 24. the Karras sigmas (issue 9)
+
+
+def _karras_ref(n, sigma_min, sigma_max, rho=7.0):
+    i = torch.arange(n, dtype=F64)
+    return (sigma_max ** (1 / rho) + i / (n - 1) * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho
+
+
+def _karras_cases():
+    sigmas = NoiseSchedule.stable_diffusion().sigmas
+    lo, hi = float(sigmas[0]), float(sigmas[-1])
+    return [(f"n={n}, sigma in [{a:.4g}, {b:.4g}], rho={rho}", dict(n=n, sigma_min=a, sigma_max=b, rho=rho))
+            for n, a, b, rho in [(10, lo, hi, 7.0), (25, lo, hi, 7.0), (5, 0.002, 80.0, 7.0), (8, 0.1, 10.0, 3.0)]]
+
+
+check_karras_sigmas = _register(
+    Exercise(
+        name="karras_sigmas",
+        signature="(n, sigma_min, sigma_max, rho) -> n sigmas, descending",
+        reference=_karras_ref,
+        cases=_karras_cases,
+        rtol=1e-9,
+        mistakes=[
+            (lambda n, sigma_min, sigma_max, rho: _karras_ref(n, sigma_min, sigma_max, rho).flip(0), "the order is reversed: a sampler starts at sigma_max (i = 0) and ends at sigma_min (i = n - 1)."),
+            (lambda n, sigma_min, sigma_max, rho: torch.cat([_karras_ref(n, sigma_min, sigma_max, rho), torch.zeros(1, dtype=F64)]), "return exactly n values; k-diffusion's get_sigmas_karras appends the final 0 separately (append_zero)."),
+            (lambda n, sigma_min, sigma_max, rho: (sigma_max**rho + torch.arange(n, dtype=F64) / (n - 1) * (sigma_min**rho - sigma_max**rho)) ** (1 / rho), "the exponents are inverted: interpolate sigma^(1/rho) linearly, then raise to the power rho."),
+            (lambda n, sigma_min, sigma_max, rho: (sigma_max ** (1 / rho) + torch.arange(n, dtype=F64) / n * (sigma_min ** (1 / rho) - sigma_max ** (1 / rho))) ** rho, "the ramp is i / (n - 1), so that the last value is exactly sigma_min."),
+        ],
+        hint="Karras et al. 2022 Eq. 5: sigma_i = (sigma_max^(1/rho) + i/(n-1) (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho, i = 0..n-1, rho = 7 (k-diffusion get_sigmas_karras, without its appended 0).",
     )
 )

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ddim_sigma", "ddim_step"]
+from .registry import Step, register
+
+__all__ = ["ddim_sigma", "ddim_step", "sample_ddim"]
 
 
 def ddim_sigma(a_t, a_prev, eta: float):
@@ -40,3 +42,16 @@ def ddim_step(x: torch.Tensor, e_t: torch.Tensor, a_t, a_prev, sigma_t=0.0, nois
     if noise is not None:
         x_prev = x_prev + sigma_t * noise
     return x_prev, pred_x0
+
+
+@register("ddim", "DDIM", "DDIM Eq. 12: deterministic for eta = 0, DDPM-like noise for eta = 1", options={"eta": 0.0})
+def sample_ddim(model, x, grid, noise, eta: float = 0.0):
+    r"""DDIM over the grid: :func:`ddim_step` from level i to i + 1, :math:`\sigma_t` from Eq. 16 with ``eta``.
+
+    CompVis: ``DDIMSampler.ddim_sampling``; diffusers: ``DDIMScheduler``."""
+    for i in range(grid.num_steps):
+        t, a_t, a_prev = float(grid.timesteps[i]), float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
+        sigma_t = float(ddim_sigma(grid.alphas_cumprod[i], grid.alphas_cumprod[i + 1], eta))
+        z = noise() if eta > 0 else None
+        x, pred_x0 = ddim_step(x, model(x, t), a_t, a_prev, sigma_t, z)
+        yield Step(i, t, float(grid.sigmas[i]), x, pred_x0)

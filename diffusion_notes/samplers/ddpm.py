@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ddpm_step", "DDPM_VARIANCES"]
+from .registry import Step, register
+
+__all__ = ["ddpm_step", "DDPM_VARIANCES", "sample_ddpm"]
 
 #: DDPM Sec. 3.2: both choices of :math:`\sigma_t^2` "had similar results".
 DDPM_VARIANCES = ("posterior", "beta")
@@ -50,3 +52,19 @@ def ddpm_step(
         return posterior_mean, pred_x0
     sigma_sq = beta * (1 - a_prev) / (1 - a_t) if variance == "posterior" else beta
     return posterior_mean + sigma_sq**0.5 * noise, pred_x0
+
+
+@register("ddpm", "DDPM", "DDPM Alg. 2: ancestral sampling from the posterior q(x_prev | x_t, x0_hat)",
+          options={"ddpm_variance": "posterior", "clip_denoised": False}, stochastic=True,
+          grid_defaults={"spacing": "leading", "steps_offset": 0, "set_alpha_to_one": True},
+          choices={"ddpm_variance": DDPM_VARIANCES})
+def sample_ddpm(model, x, grid, noise, ddpm_variance: str = "posterior", clip_denoised: bool = False):
+    """Ancestral steps over the grid; no noise at the last step (Alg. 2: z = 0 when t = 1).
+
+    The default grid is every timestep T-1..0 for ``steps = T`` (leading spacing, ``steps_offset = 0``)
+    ending at :math:`\bar\alpha = 1`. CompVis: ``DDPM.p_sample_loop``; diffusers: ``DDPMScheduler``."""
+    for i in range(grid.num_steps):
+        t, a_t, a_prev = float(grid.timesteps[i]), float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
+        z = noise() if i + 1 < grid.num_steps else None
+        x, pred_x0 = ddpm_step(x, model(x, t), a_t, a_prev, z, ddpm_variance, clip_denoised)
+        yield Step(i, t, float(grid.sigmas[i]), x, pred_x0)

@@ -24,8 +24,9 @@ from typing import Callable, Sequence
 import torch
 
 from .ddim import ddim_step
+from .registry import Step, register
 
-__all__ = ["ADAMS_BASHFORTH", "adams_bashforth", "plms_step"]
+__all__ = ["ADAMS_BASHFORTH", "adams_bashforth", "plms_step", "sample_plms"]
 
 #: Adams-Bashforth coefficients, newest first, and their common denominator (PNDM Eq. 12).
 #: notebooks/05 derives them by integrating the interpolating polynomial.
@@ -73,3 +74,23 @@ def plms_step(
         e_t_prime = adams_bashforth(e_t, old_eps)
     x_prev, pred_x0 = ddim_step(x, e_t_prime, a_t, a_prev)
     return x_prev, pred_x0, e_t
+
+
+@register("plms", "PLMS", "CompVis PLMS: pseudo improved Euler, then Adams-Bashforth of order 2-4 on e_t (PNDM Eq. 12)")
+def sample_plms(model, x, grid, noise):
+    """PLMS over the grid. CompVis: ``PLMSSampler.plms_sampling``; diffusers: ``PNDMScheduler(skip_prk_steps=True)``."""
+    yield from plms_steps(model, x, grid, start=0, old_eps=[])
+
+
+def plms_steps(model, x, grid, start: int, old_eps):
+    """PLMS steps ``start..N-1`` continuing the history ``old_eps`` (PNDM hands over its warm-up's).
+
+    Keeps the last three raw ``e_t``. The first step (empty history) evaluates the model again at the
+    next level, at the same level when it is also the last step (CompVis's ``time_range[min(i + 1, total_steps - 1)]``)."""
+    old_eps = list(old_eps)
+    for i in range(start, grid.num_steps):
+        t, a_t, a_prev = float(grid.timesteps[i]), float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
+        t_next = float(grid.timesteps[min(i + 1, grid.num_steps - 1)])
+        x, pred_x0, e_t = plms_step(model, x, t, t_next, a_t, a_prev, old_eps)
+        old_eps = [*old_eps, e_t][-3:]  # Adams-Bashforth of order 4 needs only the last three
+        yield Step(i, t, float(grid.sigmas[i]), x, pred_x0)

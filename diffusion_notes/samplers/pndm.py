@@ -21,8 +21,10 @@ from typing import Callable
 import torch
 
 from .ddim import ddim_step
+from .plms import plms_steps
+from .registry import Step, register
 
-__all__ = ["prk_step", "PRK_WARMUP_STEPS"]
+__all__ = ["prk_step", "PRK_WARMUP_STEPS", "sample_pndm"]
 
 #: PNDM warms up with three Runge-Kutta steps so that the first linear multi-step has 3 old e_t.
 PRK_WARMUP_STEPS = 3
@@ -53,3 +55,21 @@ def prk_step(
     e_prime = (e_1 + 2 * e_2 + 2 * e_3 + e_4) / 6
     x_prev, pred_x0 = ddim_step(x, e_prime, a_t, a_prev)
     return x_prev, pred_x0, e_1
+
+
+@register("pndm", "PNDM", "PNDM: 3 pseudo Runge-Kutta warm-up steps (4 model calls each), then PLMS")
+def sample_pndm(model, x, grid, noise):
+    """:func:`prk_step` for the first ``min(3, N)`` steps, then PLMS with their ``e_1`` as history.
+
+    The midpoint is the integer timestep ``t - (t - t_prev) // 2``; at the very last step there is no
+    next timestep to evaluate at and 0 is used (docs/conventions.md). diffusers: ``PNDMScheduler(skip_prk_steps=False)``."""
+    old_eps = []
+    warmup = min(PRK_WARMUP_STEPS, grid.num_steps)
+    for i in range(warmup):
+        t, a_t, a_prev = float(grid.timesteps[i]), float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
+        t_prev = int(grid.timesteps[i + 1]) if i + 1 < grid.num_steps else 0
+        t_mid = int(t) - (int(t) - t_prev) // 2
+        x, pred_x0, e_1 = prk_step(model, x, t, t_mid, t_prev, a_t, grid.alpha_at(t_mid), a_prev)
+        old_eps.append(e_1)
+        yield Step(i, t, float(grid.sigmas[i]), x, pred_x0)
+    yield from plms_steps(model, x, grid, start=warmup, old_eps=old_eps)

@@ -19,6 +19,11 @@ and for some S it asks for timestep T, one past the end (with T = 1000: S = 3, 9
 251-333 and every S > 500):
 CompVis then fails with an IndexError deep inside the sampler. Here that case is a ValueError
 that names the step counts and spacings which work.
+
+CompVis's ``quad`` repeats timesteps at the start (S = 50 gives ``[1 1 2 3 6 ...]``): two steps
+from the same noise level. Here every spacing is strictly ascending; ``quad`` keeps S steps by moving
+each repeat up to one past its predecessor (``[1 2 3 4 6 ...]``), the smallest change that removes it
+(:func:`strictly_ascending`). Where that would pass T - 1, the step count is refused.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import functools
 import numpy as np
 import torch
 
-__all__ = ["SPACINGS", "make_timesteps", "ddim_sampling_parameters"]
+__all__ = ["SPACINGS", "make_timesteps", "ddim_sampling_parameters", "strictly_ascending"]
 
 SPACINGS = ("uniform", "quad", "leading", "trailing", "linspace")
 
@@ -36,6 +41,14 @@ SPACINGS = ("uniform", "quad", "leading", "trailing", "linspace")
 def _uniform(num_steps: int, T: int) -> np.ndarray:
     c = T // num_steps
     return np.asarray(list(range(0, T, c))) + 1
+
+
+def strictly_ascending(timesteps: np.ndarray) -> np.ndarray:
+    """Move every repeated (or smaller) timestep up to one past its predecessor: ``[1 1 2 3 6]`` -> ``[1 2 3 4 6]``."""
+    out = np.array(timesteps, dtype=np.int64)
+    for k in range(1, len(out)):
+        out[k] = max(out[k], out[k - 1] + 1)
+    return out
 
 
 def make_timesteps(num_steps: int, num_train_timesteps: int = 1000, spacing: str = "uniform", steps_offset: int = 0) -> np.ndarray:
@@ -51,7 +64,7 @@ def make_timesteps(num_steps: int, num_train_timesteps: int = 1000, spacing: str
     if spacing == "uniform":
         timesteps = _uniform(S, T)
     elif spacing == "quad":
-        timesteps = ((np.linspace(0, np.sqrt(T * 0.8), S)) ** 2).astype(int) + 1
+        timesteps = strictly_ascending(((np.linspace(0, np.sqrt(T * 0.8), S)) ** 2).astype(int) + 1)
     elif spacing == "leading":
         timesteps = (np.arange(0, S) * (T // S)).round() + steps_offset
     elif spacing == "trailing":

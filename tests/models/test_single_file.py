@@ -124,7 +124,7 @@ def test_loading_assigns_the_memory_mapped_tensors_without_copying(tiny, tmp_pat
     from diffusion_notes.checkpoints import detect
     from diffusion_notes.checkpoints.io import load_state_dict
     from diffusion_notes.models import UNetModel
-    from diffusion_notes.stable_diffusion import _build
+    from diffusion_notes.checkpoints.building import build as _build
 
     _, _, model, path, reloaded = _roundtrip(tiny, tmp_path, "sd1")
     stored = detect.strip_prefix(load_state_dict(path), detect.UNET_PREFIX)

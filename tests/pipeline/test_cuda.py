@@ -63,7 +63,7 @@ def test_fp16_vae_overflow_is_decoded_again_in_float32(tiny):
 
 def test_one_seed_gives_the_same_x_T_on_cpu_and_cuda(tiny, ours):
     cpu = ours("sd1")
-    cuda = StableDiffusion.from_pretrained(tiny("sd1")[0], device="cuda")
+    cuda = StableDiffusion.from_pretrained(tiny("sd1")[0], torch_dtype=torch.float32, device="cuda")  # CUDA's default is fp16
     kwargs = dict(steps=5, sampler="ddim", height=SIZE, width=SIZE, seed=9, return_trajectory=True)
     on_cpu, on_cuda = txt2img(cpu, "the cat", **kwargs), txt2img(cuda, "the cat", **kwargs)
     assert torch.equal(on_cuda.trajectory.x[0].cpu(), on_cpu.trajectory.x[0])
