@@ -238,10 +238,8 @@ def _load(args, device, dtype):
     if args.model:
         return StableDiffusion.from_pretrained(args.model, torch_dtype=dtype, device=device)
     # --- mini-sd: neither --ckpt nor --model: the miniature shipped with the package (mini_sd/MODEL_CARD.md)
-    from .mini_sd import MODEL_NAME, load_mini_sd
+    from .mini_sd import load_mini_sd
 
-    print(f"using the shipped miniature {MODEL_NAME} (32x32 digits; give --ckpt or --model for a real "
-          "Stable Diffusion)", file=sys.stderr)
     return load_mini_sd(torch_dtype=dtype, device=device)
 
 
@@ -310,6 +308,9 @@ def _run(command: str, args) -> int:
     device = _device(args.device)
     sd = _load(args, device, _dtype(args.precision, device))
     _check_against_model(sd, args, command, sampler, image)
+    if not (args.ckpt or args.model):  # mini-sd: say which model the default is
+        print(f"using the shipped miniature {_model_name(args)} (32x32 handwritten digits, prompts such as "
+              "\"a handwritten seven\"); give --ckpt or --model for a real Stable Diffusion", file=sys.stderr)
     from .pipeline import default_size
 
     if device.type == "cpu" and max(default_size(sd)) >= 256:

@@ -108,3 +108,11 @@ def test_assembly_and_widths_are_checked(tmp_path):
     with pytest.raises(SettingsError, match="num_heads") as err:
         UNetConfig(num_heads=-1, num_head_channels=-1)
     assert err.value.option == "num_heads"
+
+
+def test_fresh_unet_is_zero_initialised_as_compvis(tmp_path):
+    tokenizer = build_word_tokenizer(WORDS, tmp_path / "tok")
+    sd = assemble_stable_diffusion(UNET, AutoencoderKL(VAE), build_text_encoder(tokenizer, 32, 1, 2), tokenizer, 1.0)
+    with torch.no_grad():
+        out = sd.unet(torch.randn(2, 4, 8, 8), torch.tensor([3, 700]), torch.randn(2, 77, 32))
+    assert torch.equal(out, torch.zeros_like(out))  # every residual branch and the output layer start at zero
