@@ -24,10 +24,12 @@ __all__ = ["to_judge_input", "predict_proba", "predicted_digits", "agreement", "
 
 
 def to_judge_input(images) -> torch.Tensor:
-    """(N, 3, H, W) in [-1, 1] (a float tensor, or uint8 HWC arrays in 0..255) -> (N, 1, 8, 8) in [-1, 1]."""
+    """Images -> (N, 1, 8, 8) in [-1, 1]. Accepted: a (N, 3, H, W) tensor in [-1, 1]; the pipeline's
+    ``arrays`` ((N, H, W, 3) floats in [0, 1]); PIL images or uint8 (N, H, W, 3) arrays in 0..255."""
     if isinstance(images, np.ndarray) or (isinstance(images, list) and not torch.is_tensor(images[0])):
         arrays = np.stack([np.asarray(im) for im in images]) if isinstance(images, list) else images
-        images = torch.from_numpy(arrays.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2)
+        unit = arrays.astype(np.float32) / 255.0 if arrays.dtype == np.uint8 else arrays.astype(np.float32)
+        images = torch.from_numpy(unit * 2.0 - 1.0).permute(0, 3, 1, 2)
     x = torch.as_tensor(images).detach().float().cpu().mean(dim=1, keepdim=True)
     factor = x.shape[-1] // JUDGE_SIZE
     return F.avg_pool2d(x, factor).clamp(-1, 1) if factor > 1 else x.clamp(-1, 1)

@@ -27,9 +27,11 @@ def test_judge_input_is_the_channel_and_block_mean():
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     oracle = x.numpy().mean(axis=1).reshape(2, 8, 4, 8, 4).mean(axis=(2, 4))
     np.testing.assert_allclose(judge.to_judge_input(x)[:, 0].numpy(), oracle, rtol=1e-6, atol=1e-6)
-    # uint8 HWC arrays (what the pipeline returns) give the same input as the [-1, 1] tensor they encode
-    arrays = np.round((x.permute(0, 2, 3, 1).numpy() + 1) * 127.5).astype(np.uint8)
-    np.testing.assert_allclose(judge.to_judge_input(arrays).numpy(), judge.to_judge_input(x).numpy(), atol=0.01)
+    # The pipeline's float arrays in [0, 1] and uint8 pixels give the same input as the tensor they encode.
+    unit = (x.permute(0, 2, 3, 1).numpy() + 1) / 2
+    np.testing.assert_allclose(judge.to_judge_input(unit).numpy(), judge.to_judge_input(x).numpy(), atol=1e-6)
+    pixels = np.round(unit * 255).astype(np.uint8)
+    np.testing.assert_allclose(judge.to_judge_input(pixels).numpy(), judge.to_judge_input(x).numpy(), atol=0.01)
 
 
 def test_judge_ceiling_on_real_test_digits():
