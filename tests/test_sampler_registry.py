@@ -269,3 +269,12 @@ def test_every_sampler_runs_on_every_sigma_schedule_and_end_point(sampler):
                 out = sample(dummy_eps, _x_T(), SCHEDULE, sampler, steps, sigma_schedule=schedule, spacing=spacing,
                              set_alpha_to_one=alpha_one, generator=torch.Generator().manual_seed(0))
                 assert torch.isfinite(out).all() and out.shape == _x_T().shape, (schedule, steps, alpha_one)
+
+
+def test_the_docs_table_of_samplers_is_the_registry():
+    from pathlib import Path
+
+    from diffusion_notes.samplers.registry import markdown_table
+
+    formulas = (Path(__file__).resolve().parents[1] / "docs" / "formulas.md").read_text()
+    assert markdown_table() in formulas, "docs/formulas.md: paste samplers.registry.markdown_table() again"

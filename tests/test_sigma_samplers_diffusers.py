@@ -147,11 +147,14 @@ MULTISTEP_IDS = ["trailing25", "trailing8", "karras25", "karras10", "zero_snr_v"
     ("dpmpp_2m", DPMSolverMultistepScheduler, dict(algorithm_type="dpmsolver++", solver_order=2), None),
     ("dpmpp_2m_sde", DPMSolverMultistepScheduler, dict(algorithm_type="sde-dpmsolver++", solver_order=2), 7),
     ("unipc", UniPCMultistepScheduler, dict(), None),
+    ("unipc_order3", UniPCMultistepScheduler, dict(solver_order=3), None),
 ])
 def test_dpmpp_and_unipc_equal_diffusers(sampler, cls, extra, seed, config, settings, steps):
     sched = cls(**SD_CONFIG, **extra, **config)
     schedule = ZSNR if config.get("rescale_betas_zero_snr") else SCHEDULE
     x_T, expected = run_diffusers(sched, steps, z(3), seed=seed)
+    if sampler == "unipc_order3":
+        sampler, settings = "unipc", {**settings, "options": {"order": 3}}
     grid, ours = run_ours(sampler, steps, x_T, sched, schedule=schedule, seed=seed, **settings)
     assert_same_grid(grid, sched)
     torch.testing.assert_close(ours, expected, rtol=0, atol=TOLERANCE)

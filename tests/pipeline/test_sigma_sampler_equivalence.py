@@ -68,3 +68,22 @@ def test_txt2img_with_sigma_samplers_matches_diffusers(tiny, ours, tmp_path, fam
     path = save_png(result.images[0], tmp_path / "image.png", result.infotext())
     parameters = parse_parameters(Image.open(path).text["parameters"])
     assert parameters["Sampler"] == label and parameters["Steps"] == str(STEPS)
+
+
+def test_command_line_takes_a_sigma_sampler_and_schedule(tiny, ours, tmp_path):
+    """``--sampler dpmpp_2m --schedule karras``: the same image as the Python call, labelled as AUTOMATIC1111 does."""
+    from PIL import Image
+
+    from diffusion_notes import cli
+
+    folder, out = tiny("sd1")[0], tmp_path / "out"
+    argv = ["txt2img", "--prompt", "the cat", "--model", str(folder), "--H", str(SIZE), "--W", str(SIZE), "--outdir",
+            str(out), "--ddim_steps", "4", "--device", "cpu", "--sampler", "dpmpp_2m", "--schedule", "karras", "--seed", "3"]
+    assert cli.main(argv) == 0
+    with Image.open(out / "samples" / "00000.png") as image:
+        parameters = parse_parameters(image.text["parameters"])
+        pixels = torch.tensor(list(image.getdata()), dtype=torch.float32)
+    assert (parameters["Sampler"], parameters["Steps"], parameters["Seed"]) == ("DPM++ 2M Karras", "4", "3")
+    expected = txt2img(ours("sd1"), "the cat", steps=4, sampler="dpmpp_2m", sigma_schedule="karras", height=SIZE,
+                       width=SIZE, seed=3).images[0]
+    assert torch.equal(pixels, torch.tensor(list(expected.getdata()), dtype=torch.float32))
