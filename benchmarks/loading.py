@@ -43,7 +43,7 @@ def make(folder: Path, size: str = "full") -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "config"
-    pipe = random_sd15_pipeline(size, tokenizer_folder=folder / "tokenizer-src").to(torch.float16)
+    pipe = random_sd15_pipeline(size, tokenizer_folder=folder / "tokenizer-src", dtype=torch.float16)
     pipe.save_pretrained(config)
     del pipe
     StableDiffusion.from_pretrained(config, torch_dtype=torch.float16).save_single_file(folder / FILE, overwrite=True)

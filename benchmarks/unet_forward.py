@@ -54,6 +54,7 @@ def main(argv=None) -> str:
                 error = relative_error(run_ours(ours, x, t, context), run_theirs(theirs, x, t, context))
             timings = alternate({"ours": lambda: run_ours(ours, x, t, context),
                                  "diffusers": lambda: run_theirs(theirs, x, t, context)}, args.repeats, args.warmup)
+            print(f"  measured {side}x{side} in {label}", flush=True)
             rows.append([f"{args.batch}x4x{side}x{side}", label, timings.median("ours"), timings.spread("ours"),
                          timings.median("diffusers"), timings.spread("diffusers"),
                          f"{timings.median('ours') / timings.median('diffusers'):.2f}", f"{error:.1e}"])

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .errors import CheckpointError, SettingsError
 
-__all__ = ["main", "build_parser", "UsageError", "FLAGS"]
+__all__ = ["main", "build_parser", "pipeline_defaults", "UsageError", "FLAGS"]
 
 DEFAULT_PROMPT = "a painting of a virus monster playing guitar"  # CompVis's default
 OUTDIRS = {"txt2img": "outputs/txt2img-samples", "img2img": "outputs/img2img-samples",
@@ -70,7 +70,23 @@ class _Parser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------------------------
 
 
+def pipeline_defaults(command: str) -> dict:
+    """The defaults of ``pipeline.<command>``'s keywords that flags stand for, from the settings objects
+    where they are defined (the pipeline's signatures read the same values): one place for each."""
+    from .sampling import SamplerSettings
+    from .settings import IMAGE_SAMPLER, IMG2IMG_STRENGTH, INPAINT_STRENGTH, Conditioning
+
+    defaults = dict(sampler=SamplerSettings.sampler if command == "txt2img" else IMAGE_SAMPLER,
+                    steps=SamplerSettings.steps, sigma_schedule=SamplerSettings.sigma_schedule,
+                    guidance_scale=Conditioning.guidance_scale, num_images=Conditioning.num_images)
+    strength = {"img2img": IMG2IMG_STRENGTH, "inpaint": INPAINT_STRENGTH}.get(command)
+    if strength is not None:
+        defaults.update(strength=strength.strength, strength_rule=strength.rule)
+    return defaults
+
+
 def build_parser(command: str) -> argparse.ArgumentParser:
+    defaults = pipeline_defaults(command)
     p = _Parser(prog=f"python -m diffusion_notes {command}", description=_DESCRIPTIONS[command])
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt to render")
     p.add_argument("--negative-prompt", default="", help="what to steer away from (replaces '' in the guidance)")
@@ -86,16 +102,17 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     from .samplers import SAMPLERS, SIGMA_SCHEDULES
 
     sampling.add_argument("--sampler", choices=list(SAMPLERS), metavar="NAME",
-                          help=f"the sampler: {', '.join(SAMPLERS)} (default plms"
-                          + (", ddim for img2img/inpaint)" if command != "txt2img" else ")"))
-    sampling.add_argument("--schedule", choices=list(SIGMA_SCHEDULES), default="default",
+                          help=f"the sampler: {', '.join(SAMPLERS)} (default {defaults['sampler']})")
+    sampling.add_argument("--schedule", choices=list(SIGMA_SCHEDULES), default=defaults["sigma_schedule"],
                           help="the noise levels visited: the model's own (default), karras (rho = 7) or exponential")
     sampling.add_argument("--plms", action="store_true", help="same as --sampler plms")
     sampling.add_argument("--ddim", action="store_true", help="same as --sampler ddim")
-    sampling.add_argument("--ddim_steps", type=int, default=50, help="number of sampling steps (default 50)")
+    sampling.add_argument("--ddim_steps", type=int, default=defaults["steps"],
+                          help=f"number of sampling steps (default {defaults['steps']})")
     sampling.add_argument("--ddim_eta", type=float, default=None,
                           help="eta of DDIM (default 0: deterministic, 1 DDPM-like) or of an ancestral sampler (default 1)")
-    sampling.add_argument("--scale", type=float, default=7.5, help="unconditional guidance scale (default 7.5)")
+    sampling.add_argument("--scale", type=float, default=defaults["guidance_scale"],
+                          help=f"unconditional guidance scale (default {defaults['guidance_scale']})")
     sampling.add_argument("--seed", type=int, default=42,
                           help="seed of the noise, 0 to 4294967295 (default 42; -1: a random one, reported)")
     if command == "txt2img":
@@ -103,16 +120,17 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         sampling.add_argument("--W", type=int, help="image width in pixels (default: the model's, e.g. 512)")
     else:
         sampling.add_argument("--init-img", required=True, help="the starting image (its size is the output's)")
-        sampling.add_argument("--strength", type=float, default=0.75 if command == "img2img" else 1.0,
+        sampling.add_argument("--strength", type=float, default=defaults["strength"],
                               help="0 keeps the image, 1 starts from pure noise")
         sampling.add_argument("--strength-rule", choices=["compvis", "diffusers"],
-                              default="compvis" if command == "img2img" else "diffusers",
+                              default=defaults["strength_rule"],
                               help="how strength becomes steps (see pipeline.strength_timesteps)")
     if command == "inpaint":
         sampling.add_argument("--mask", required=True, help="white where the image is repainted, black where kept")
 
     output = p.add_argument_group("output")
-    output.add_argument("--n_samples", type=int, default=1, help="images per prompt in one batch (default 1)")
+    output.add_argument("--n_samples", type=int, default=defaults["num_images"],
+                        help=f"images per prompt in one batch (default {defaults['num_images']})")
     output.add_argument("--n_iter", type=int, default=1, help="batches per prompt (default 1)")
     output.add_argument("--outdir", default=OUTDIRS[command], help=f"where to write (default {OUTDIRS[command]})")
     output.add_argument("--allow-non-finite", action="store_true",
@@ -150,7 +168,7 @@ def _sampler(args, command: str) -> str:
     if len(set(chosen)) > 1:
         raise UsageError("--sampler", f"conflicting samplers {sorted(set(chosen))}; give one of --plms, --ddim or "
                          "--sampler")
-    return chosen[0] if chosen else ("plms" if command == "txt2img" else "ddim")
+    return chosen[0] if chosen else pipeline_defaults(command)["sampler"]
 
 
 def _pipeline_options(args, command: str, sampler: str) -> dict:

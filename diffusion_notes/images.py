@@ -72,7 +72,7 @@ def _open(value, option: str):
             with Image.open(path) as image:
                 image.load()
                 return image.copy()
-        except (OSError, UnidentifiedImageError, ValueError) as exc:
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
             raise SettingsError(option, f"cannot read {option} {str(path)!r} as an image "
                                 f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
     return value

@@ -25,7 +25,8 @@ Settings: every keyword argument becomes a frozen settings object of :mod:`diffu
 nothing here changes the model it is given (memory options apply inside a context and are undone).
 
 Precision: the latents stay float32 between steps and the schedule float64; each UNet call casts its
-input to the model's dtype (fp16 on CUDA by default, see :func:`default_dtype`) and its output back.
+input to the model's dtype (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 by default; see
+:func:`diffusion_notes.precision.default_dtype`) and its output back.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -47,6 +49,9 @@ from .prompts import warn_if_truncated
 from .sampling import SamplerSettings, Trajectory, sample
 from .samplers import SamplingGrid
 from .settings import (
+    IMAGE_SAMPLER,
+    IMG2IMG_STRENGTH,
+    INPAINT_STRENGTH,
     STRENGTH_RULES,
     Conditioning,
     ImageSize,
@@ -58,10 +63,41 @@ from .settings import (
     infotext_fields,
 )
 
-__all__ = ["txt2img", "img2img", "inpaint", "Generation", "Request", "MemoryOptions", "NonFiniteDecodeWarning",
+__all__ = ["txt2img", "img2img", "inpaint", "Generation", "Request", "DiffusionModel", "sampler_settings", "MemoryOptions", "NonFiniteDecodeWarning",
            "NonFiniteOutputWarning", "NoDenoisingWarning", "decode", "decode_checked", "decode_tiled",
            "encode_image", "conditioning", "strength_timesteps", "default_size", "default_dtype", "vae_factor",
            "size_multiple", "check_size", "is_inpainting_model", "STRENGTH_RULES"]
+
+class DiffusionModel(Protocol):
+    """What the pipeline reads from its model (:class:`diffusion_notes.stable_diffusion.StableDiffusion`
+    is the one implementation): the three networks, the noise schedule and a few views of the config.
+
+    * ``unet(x, t, context, y=None)`` -> eps or v (``prediction_type``), shaped like ``x``;
+    * ``vae.encode(x)`` -> a diagonal Gaussian with ``.sample(generator)``; ``vae.decode(z)`` (unscaled ``z``);
+    * ``prompt_encoder`` (moved for text-encoder offloading), ``encode_prompt(prompts) -> (context, pooled)``,
+      ``sdxl_label(pooled, original_size, crop, target_size)``, ``tokenizer`` (prompt-length warnings);
+    * ``schedule`` (:class:`~diffusion_notes.schedules.NoiseSchedule`), ``config`` (``.unet``, ``.vae``),
+      ``family``, ``prediction_type``, ``scale_factor``, ``device``, ``dtype``, ``named_parameters()``.
+    """
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    prompt_encoder: torch.nn.Module
+    schedule: object
+    config: object
+    family: str
+    prediction_type: str
+    scale_factor: float
+    device: torch.device
+    dtype: torch.dtype
+    tokenizer: object
+
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    def sdxl_label(self, pooled, original_size, crop_top_left=(0, 0), target_size=None) -> torch.Tensor: ...
+
+    def named_parameters(self): ...
+
 
 class NonFiniteDecodeWarning(UserWarning):
     """The VAE produced inf/NaN in fp16/bf16 and the decode was repeated in float32."""
@@ -353,9 +389,8 @@ def _denoise(run: _Run, x: torch.Tensor, grid: SamplingGrid, step_hook=None):
             result = sample(eps_model, x, sd.schedule, settings=run.request.sampler, grid=grid,
                             prediction_type=sd.prediction_type, generator=run.generator, callback=callback,
                             step_hook=step_hook, return_trajectory=bool(options.return_trajectory))
-    except FloatingPointError as err:  # the sampler stopped at the first step with NaN/inf
-        _refuse_non_finite(sd, torch.tensor(float("nan")), "latents", "error", f" ({err})")
-        raise  # pragma: no cover  (_refuse_non_finite always raises for policy "error")
+    except FloatingPointError as err:  # the sampler stops at the first step with NaN/inf, whatever the policy
+        raise _non_finite_error(sd, "latents", f" ({err})") from None
     finally:
         if bar is not None:
             bar.close()
@@ -372,23 +407,28 @@ def _non_finite_weights(sd) -> list[str]:
     return [name for name, p in sd.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
 
 
-def _refuse_non_finite(sd, tensor: torch.Tensor, what: str, policy: str, where: str = "") -> None:
+def _non_finite_error(sd, what: str, where: str = "") -> Exception:
+    """The error for NaN/inf in ``what``, naming the likely cause: damaged weights (the first tensor
+    named), fp16/bf16 overflow, or settings too extreme even for float32."""
+    bad = _non_finite_weights(sd)
+    if bad:
+        return CheckpointError(f"the {what} hold NaN/inf{where} because {len(bad)} of the model's weight tensors do "
+                               f"(e.g. {bad[0]}); the checkpoint is damaged: download or convert it again.")
+    dtype = str(sd.dtype).removeprefix("torch.")
+    hint = ("fp16/bf16 overflowed: load the model in float32 (--precision fp32)" if sd.dtype != torch.float32
+            else "the guidance scale or the given latents are too extreme for float32")
+    return SettingsError("non_finite", f"the {what} hold NaN/inf{where} (model in {dtype}); likely {hint}; "
+                         "pass non_finite='warn' (--allow-non-finite) to keep them anyway.")
+
+
+def _refuse_non_finite(sd, tensor: torch.Tensor, what: str, policy: str) -> None:
     """Never a silent black picture: stop (or, with ``non_finite="warn"``, warn) when ``tensor`` holds NaN/inf."""
     if torch.isfinite(tensor).all():
         return
-    bad = _non_finite_weights(sd)
-    if bad:
-        cause = CheckpointError(f"the {what} hold NaN/inf{where} because {len(bad)} of the model's weight tensors do "
-                                f"(e.g. {bad[0]}); the checkpoint is damaged: download or convert it again.")
-    else:
-        dtype = str(sd.dtype).removeprefix("torch.")
-        hint = ("fp16/bf16 overflowed: load the model in float32 (--precision fp32)" if sd.dtype != torch.float32
-                else "the guidance scale or the given latents are too extreme for float32")
-        cause = SettingsError("non_finite", f"the {what} hold NaN/inf{where} (model in {dtype}); likely {hint}; "
-                              "pass non_finite='warn' (--allow-non-finite) to keep them anyway.")
+    error = _non_finite_error(sd, what)
     if policy == "error":
-        raise cause
-    warnings.warn(f"{cause} Returning them as asked (non_finite='warn').", NonFiniteOutputWarning, stacklevel=3)
+        raise error
+    warnings.warn(f"{error} Returning them as asked (non_finite='warn').", NonFiniteOutputWarning, stacklevel=3)
 
 
 def _finish(run: _Run, latents: torch.Tensor, trajectory) -> Generation:
@@ -427,7 +467,8 @@ def _start(sd, request: Request, generator, callback) -> _Run:
     return _Run(sd, request, c, uc, generator, seed, callback)
 
 
-def sampler_settings(sampler: str = "plms", steps: int = 50, sigma_schedule: str = "default",
+def sampler_settings(sampler: str = SamplerSettings.sampler, steps: int = SamplerSettings.steps,
+                     sigma_schedule: str = SamplerSettings.sigma_schedule,
                      spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
                      sampler_options: dict | None = None) -> SamplerSettings:
     """The pipeline's sampler keywords as one :class:`~diffusion_notes.sampling.SamplerSettings`
@@ -450,14 +491,15 @@ def _memory(memory) -> MemoryOptions:
 # --------------------------------------------------------------------------------------------
 
 
-def txt2img(sd, prompt, *, negative_prompt="", sampler: str = "plms", steps: int = 50,
-            sigma_schedule: str = "default", spacing: str | None = None, steps_offset: int | None = None,
-            eta: float | None = None, sampler_options: dict | None = None, guidance_scale: float = 7.5,
-            height: int | None = None, width: int | None = None, num_images: int = 1, seed: int | None = None,
-            generator: torch.Generator | None = None, noise_device="cpu", latents: torch.Tensor | None = None,
-            callback=None, output: str = "pil", return_trajectory: bool | str = False, progress: bool = False,
-            non_finite: str = "error", memory: MemoryOptions | None = None, original_size=None,
-            crops_coords_top_left=(0, 0), target_size=None) -> Generation:
+def txt2img(sd: DiffusionModel, prompt, *, negative_prompt=Conditioning.negative_prompt,
+            sampler: str = SamplerSettings.sampler, steps: int = SamplerSettings.steps,
+            sigma_schedule: str = SamplerSettings.sigma_schedule, spacing: str | None = None, steps_offset: int | None = None,
+            eta: float | None = None, sampler_options: dict | None = None, guidance_scale: float = Conditioning.guidance_scale,
+            height: int | None = None, width: int | None = None, num_images: int = Conditioning.num_images, seed: int | None = None,
+            generator: torch.Generator | None = None, noise_device=Seed.noise_device, latents: torch.Tensor | None = None,
+            callback=None, output: str = OutputOptions.output, return_trajectory: bool | str = False, progress: bool = False,
+            non_finite: str = OutputOptions.non_finite, memory: MemoryOptions | None = None, original_size=None,
+            crops_coords_top_left=Conditioning.crops_coords_top_left, target_size=None) -> Generation:
     """Text to image: CompVis ``scripts/txt2img.py``; diffusers ``StableDiffusion(XL)Pipeline.__call__``.
 
     * ``prompt``: a string or a list (each gives ``num_images`` images); ``negative_prompt`` replaces
@@ -588,14 +630,16 @@ def encode_image(sd, image: torch.Tensor, generator: torch.Generator) -> torch.T
     return _with_float32_retry(sd, encode, "encode")
 
 
-def img2img(sd, image, prompt, *, strength: float = 0.75, strength_rule: str = "compvis",
-            negative_prompt="", sampler: str = "ddim", steps: int = 50, sigma_schedule: str = "default",
+def img2img(sd: DiffusionModel, image, prompt, *, strength: float = IMG2IMG_STRENGTH.strength,
+            strength_rule: str = IMG2IMG_STRENGTH.rule,
+            negative_prompt=Conditioning.negative_prompt, sampler: str = IMAGE_SAMPLER,
+            steps: int = SamplerSettings.steps, sigma_schedule: str = SamplerSettings.sigma_schedule,
             spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
-            sampler_options: dict | None = None, guidance_scale: float = 7.5, num_images: int = 1,
-            seed: int | None = None, generator: torch.Generator | None = None, noise_device="cpu", callback=None,
-            output: str = "pil", return_trajectory: bool | str = False, progress: bool = False,
-            non_finite: str = "error", memory: MemoryOptions | None = None, original_size=None,
-            crops_coords_top_left=(0, 0), target_size=None) -> Generation:
+            sampler_options: dict | None = None, guidance_scale: float = Conditioning.guidance_scale, num_images: int = Conditioning.num_images,
+            seed: int | None = None, generator: torch.Generator | None = None, noise_device=Seed.noise_device, callback=None,
+            output: str = OutputOptions.output, return_trajectory: bool | str = False, progress: bool = False,
+            non_finite: str = OutputOptions.non_finite, memory: MemoryOptions | None = None, original_size=None,
+            crops_coords_top_left=Conditioning.crops_coords_top_left, target_size=None) -> Generation:
     """Image to image (SDEdit, Meng et al. 2022): encode, noise to an intermediate timestep, denoise from there.
 
     ``image``: a PIL image, a path, or a ``(1, 3, H, W)`` / ``(3, H, W)`` tensor in [-1, 1]
@@ -629,14 +673,16 @@ def img2img(sd, image, prompt, *, strength: float = 0.75, strength_rule: str = "
 # --------------------------------------------------------------------------------------------
 
 
-def inpaint(sd, image, mask, prompt, *, strength: float = 1.0, strength_rule: str = "diffusers",
-            negative_prompt="", sampler: str = "ddim", steps: int = 50, sigma_schedule: str = "default",
+def inpaint(sd: DiffusionModel, image, mask, prompt, *, strength: float = INPAINT_STRENGTH.strength,
+            strength_rule: str = INPAINT_STRENGTH.rule,
+            negative_prompt=Conditioning.negative_prompt, sampler: str = IMAGE_SAMPLER,
+            steps: int = SamplerSettings.steps, sigma_schedule: str = SamplerSettings.sigma_schedule,
             spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
-            sampler_options: dict | None = None, guidance_scale: float = 7.5, num_images: int = 1,
-            seed: int | None = None, generator: torch.Generator | None = None, noise_device="cpu", callback=None,
-            output: str = "pil", return_trajectory: bool | str = False, progress: bool = False,
-            non_finite: str = "error", memory: MemoryOptions | None = None, original_size=None,
-            crops_coords_top_left=(0, 0), target_size=None) -> Generation:
+            sampler_options: dict | None = None, guidance_scale: float = Conditioning.guidance_scale, num_images: int = Conditioning.num_images,
+            seed: int | None = None, generator: torch.Generator | None = None, noise_device=Seed.noise_device, callback=None,
+            output: str = OutputOptions.output, return_trajectory: bool | str = False, progress: bool = False,
+            non_finite: str = OutputOptions.non_finite, memory: MemoryOptions | None = None, original_size=None,
+            crops_coords_top_left=Conditioning.crops_coords_top_left, target_size=None) -> Generation:
     """Repaint where ``mask`` is white (1), keep the rest.
 
     * 9-channel inpainting checkpoints (``sd-v1-5-inpainting``, ``512-inpainting-ema``): the UNet

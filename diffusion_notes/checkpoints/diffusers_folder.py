@@ -84,9 +84,18 @@ def _parsed(path: Path, parse, data, config: Path | None = None):
             raise CheckpointError(f"{path}: has no tensor {exc.args[0]!r}, which {config} implies; the config "
                                   "contradicts the weights (or the weights are incomplete).") from None
         raise CheckpointError(f"{path}: missing key {exc.args[0]!r}; the config is incomplete, fetch it again.") from None
-    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as exc:
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError, *_library_config_errors()) as exc:
         raise CheckpointError(f"{path}: a value has the wrong type or is impossible ({str(exc).splitlines()[0]}); "
                               "fix or fetch the file again.") from None
+
+
+def _library_config_errors() -> tuple:
+    """transformers 5 validates configs through huggingface_hub's strict dataclasses (not ValueErrors)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # older huggingface_hub: plain TypeErrors
+        return ()
+    return (StrictDataclassError,)
 
 
 def weights_file(folder: Path) -> Path:
@@ -145,11 +154,11 @@ def _folder_prompt_encoder(root: Path, family: str, dtype: torch.dtype | None = 
     for index, spec in enumerate(specs):
         suffix = f"_{index + 1}" if index else ""
         folder = root / f"text_encoder{suffix}"
-        read_json(folder / "config.json")  # a clear error if it is missing
-        config = CLIPTextConfig.from_pretrained(str(folder))
+        config_path = folder / "config.json"
+        config = _parsed(config_path, lambda data: CLIPTextConfig(**data), read_json(config_path))
         weights = load_state_dict(weights_file(folder), dtype=dtype)
-        encoders.append(build_clip(config, weights, spec.pooled, "text encoder", f"text_encoder{suffix}/",
-                                   str(folder / "config.json")))
+        encoders.append(_parsed(config_path, lambda w: build_clip(config, w, spec.pooled, "text encoder",
+                                                                  f"text_encoder{suffix}/", str(config_path)), weights))
         tokenizers.append(load_tokenizer(root / f"tokenizer{suffix}"))
     return PromptEncoder(tokenizers, encoders, specs)
 

@@ -8,6 +8,7 @@ shapes cannot tell. Counterparts: diffusers ``from_single_file``; CompVis ``load
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import torch
@@ -99,8 +100,27 @@ def _text_encoders(state_dict: dict, family: str, tokenizers: list) -> list[nn.M
         kwargs = detect.clip_config_kwargs(weights, act) | token_ids(tokenizers[index])
         if family == "sd2":
             weights, kwargs = _drop_last_layer(weights, kwargs)
-        encoders.append(build_clip(CLIPTextConfig(**kwargs), weights, spec.pooled, "text encoder", prefix))
+        names = _openclip_file_name(prefix) if prefix.endswith(".model.") else (lambda name: prefix + name)
+        encoders.append(build_clip(CLIPTextConfig(**kwargs), weights, spec.pooled, "text encoder", prefix,
+                                   file_name=names))
     return encoders
+
+
+def _openclip_file_name(prefix: str):
+    """transformers CLIP name -> the open_clip name the file stores (q/k/v: their fused ``in_proj``)."""
+    qkv = re.compile(r"text_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)")
+
+    def name(transformers_name: str) -> str:
+        match = qkv.fullmatch(transformers_name)
+        if match:
+            layer, part, kind = match.groups()
+            return f"{prefix}transformer.resblocks.{layer}.attn.in_proj_{kind} (its {part} third)"
+        try:
+            return next(iter(transformers_to_openclip({transformers_name: torch.empty(0)}, prefix=prefix)))
+        except CheckpointError:
+            return prefix + transformers_name
+
+    return name
 
 
 def _drop_last_layer(weights: dict, kwargs: dict) -> tuple[dict, dict]:

@@ -331,3 +331,12 @@ def test_the_inpainting_blend_returns_a_new_tensor_through_step_hook(ours):
     assert torch.equal(blended[..., :2], x[..., :2]) and torch.allclose(blended[..., 2:],
                                                                         grid.noised(1, z0, noise)[..., 2:])
     assert torch.equal(hook(3, 0, x, x)[..., 2:], z0[..., 2:])  # after the last step: z_0 itself
+
+
+def test_help_shows_every_option_of_the_methods_too():
+    import inspect
+
+    for name in ("txt2img", "img2img", "inpaint"):
+        parameters = inspect.signature(getattr(StableDiffusion, name)).parameters
+        assert not any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in parameters.values()), name
+        assert {"sampler", "steps", "sigma_schedule", "spacing", "eta", "sampler_options", "seed"} <= set(parameters)
