@@ -9,19 +9,29 @@ generation parameters in AUTOMATIC1111's ``parameters`` text chunk.
 
 Differences from CompVis: txt2img's default sampler is PLMS (``--ddim`` for DDIM; img2img and inpaint
 default to DDIM), one image per run by default (``--n_samples 1 --n_iter 1``), each batch (one prompt,
-one iteration) gets its own seed ``seed + k``, k counting batches, so each PNG's ``Seed`` reproduces it, and a mistake the user can fix ends the run with exit status 2 and one
-line on stderr before anything is written.
+one iteration) gets its own seed ``seed + k``, k counting batches, so each PNG's ``Seed`` reproduces it
+(``--seed -1`` draws a random one and reports it).
+
+The flags only become the settings objects of :mod:`diffusion_notes.settings`, which do every check;
+a :class:`~diffusion_notes.errors.SettingsError` is printed naming the flag (``guidance_scale`` ->
+``--scale``), a :class:`~diffusion_notes.errors.CheckpointError` as it is: one line on stderr, exit
+status 2, before anything is written (settings, the output folder and image sizes are checked before
+the model loads). Any other exception is a bug and keeps its traceback. Ctrl-C stops with exit status
+130 and one line saying how many pictures were saved; no partial file is left.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import warnings
 from pathlib import Path
 
-__all__ = ["main", "build_parser", "UsageError"]
+from .errors import CheckpointError, SettingsError
+
+__all__ = ["main", "build_parser", "pipeline_defaults", "UsageError", "FLAGS"]
 
 DEFAULT_PROMPT = "a painting of a virus monster playing guitar"  # CompVis's default
 OUTDIRS = {"txt2img": "outputs/txt2img-samples", "img2img": "outputs/img2img-samples",
@@ -30,8 +40,22 @@ MEMORY_HINT = ("--slice-vae, --tile-vae, --offload-text-encoder, --precision fp1
                "fewer --n_samples or a smaller --H/--W")
 
 
-class UsageError(Exception):
-    """A mistake in the command line or its input files; printed as one line, exit status 2."""
+class UsageError(SettingsError):
+    """A mistake in the command line itself or its input files; ``option`` is the flag."""
+
+    def __init__(self, flag: str, message: str):
+        super().__init__(flag, message)
+
+
+#: The flag of each Python option a SettingsError can name (the rest are named as they are).
+FLAGS = {
+    "prompt": "--prompt", "negative_prompt": "--negative-prompt", "num_images": "--n_samples",
+    "guidance_scale": "--scale", "sampler": "--sampler", "steps": "--ddim_steps", "eta": "--ddim_eta",
+    "sigma_schedule": "--schedule", "precision": "--precision",
+    "seed": "--seed", "height": "--H", "width": "--W", "strength": "--strength", "strength_rule": "--strength-rule",
+    "image": "--init-img", "mask": "--mask", "non_finite": "--allow-non-finite", "noise_device": "--device",
+    "model": "--ckpt/--model",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,7 +70,23 @@ class _Parser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------------------------
 
 
+def pipeline_defaults(command: str) -> dict:
+    """The defaults of ``pipeline.<command>``'s keywords that flags stand for, from the settings objects
+    where they are defined (the pipeline's signatures read the same values): one place for each."""
+    from .sampling import SamplerSettings
+    from .settings import IMAGE_SAMPLER, IMG2IMG_STRENGTH, INPAINT_STRENGTH, Conditioning
+
+    defaults = dict(sampler=SamplerSettings.sampler if command == "txt2img" else IMAGE_SAMPLER,
+                    steps=SamplerSettings.steps, sigma_schedule=SamplerSettings.sigma_schedule,
+                    guidance_scale=Conditioning.guidance_scale, num_images=Conditioning.num_images)
+    strength = {"img2img": IMG2IMG_STRENGTH, "inpaint": INPAINT_STRENGTH}.get(command)
+    if strength is not None:
+        defaults.update(strength=strength.strength, strength_rule=strength.rule)
+    return defaults
+
+
 def build_parser(command: str) -> argparse.ArgumentParser:
+    defaults = pipeline_defaults(command)
     p = _Parser(prog=f"python -m diffusion_notes {command}", description=_DESCRIPTIONS[command])
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt to render")
     p.add_argument("--negative-prompt", default="", help="what to steer away from (replaces '' in the guidance)")
@@ -62,34 +102,39 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     from .samplers import SAMPLERS, SIGMA_SCHEDULES
 
     sampling.add_argument("--sampler", choices=list(SAMPLERS), metavar="NAME",
-                          help=f"the sampler: {', '.join(SAMPLERS)} (default plms"
-                          + (", ddim for img2img/inpaint)" if command != "txt2img" else ")"))
-    sampling.add_argument("--schedule", choices=list(SIGMA_SCHEDULES), default="default",
+                          help=f"the sampler: {', '.join(SAMPLERS)} (default {defaults['sampler']})")
+    sampling.add_argument("--schedule", choices=list(SIGMA_SCHEDULES), default=defaults["sigma_schedule"],
                           help="the noise levels visited: the model's own (default), karras (rho = 7) or exponential")
     sampling.add_argument("--plms", action="store_true", help="same as --sampler plms")
     sampling.add_argument("--ddim", action="store_true", help="same as --sampler ddim")
-    sampling.add_argument("--ddim_steps", type=int, default=50, help="number of sampling steps (default 50)")
+    sampling.add_argument("--ddim_steps", type=int, default=defaults["steps"],
+                          help=f"number of sampling steps (default {defaults['steps']})")
     sampling.add_argument("--ddim_eta", type=float, default=None,
                           help="eta of DDIM (default 0: deterministic, 1 DDPM-like) or of an ancestral sampler (default 1)")
-    sampling.add_argument("--scale", type=float, default=7.5, help="unconditional guidance scale (default 7.5)")
-    sampling.add_argument("--seed", type=int, default=42, help="seed of the noise (default 42)")
+    sampling.add_argument("--scale", type=float, default=defaults["guidance_scale"],
+                          help=f"unconditional guidance scale (default {defaults['guidance_scale']})")
+    sampling.add_argument("--seed", type=int, default=42,
+                          help="seed of the noise, 0 to 4294967295 (default 42; -1: a random one, reported)")
     if command == "txt2img":
         sampling.add_argument("--H", type=int, help="image height in pixels (default: the model's, e.g. 512)")
         sampling.add_argument("--W", type=int, help="image width in pixels (default: the model's, e.g. 512)")
     else:
         sampling.add_argument("--init-img", required=True, help="the starting image (its size is the output's)")
-        sampling.add_argument("--strength", type=float, default=0.75 if command == "img2img" else 1.0,
+        sampling.add_argument("--strength", type=float, default=defaults["strength"],
                               help="0 keeps the image, 1 starts from pure noise")
         sampling.add_argument("--strength-rule", choices=["compvis", "diffusers"],
-                              default="compvis" if command == "img2img" else "diffusers",
+                              default=defaults["strength_rule"],
                               help="how strength becomes steps (see pipeline.strength_timesteps)")
     if command == "inpaint":
         sampling.add_argument("--mask", required=True, help="white where the image is repainted, black where kept")
 
     output = p.add_argument_group("output")
-    output.add_argument("--n_samples", type=int, default=1, help="images per prompt in one batch (default 1)")
+    output.add_argument("--n_samples", type=int, default=defaults["num_images"],
+                        help=f"images per prompt in one batch (default {defaults['num_images']})")
     output.add_argument("--n_iter", type=int, default=1, help="batches per prompt (default 1)")
     output.add_argument("--outdir", default=OUTDIRS[command], help=f"where to write (default {OUTDIRS[command]})")
+    output.add_argument("--allow-non-finite", action="store_true",
+                        help="save images even when the model produced NaN/inf (with a warning) instead of stopping")
 
     device = p.add_argument_group("device and memory")
     device.add_argument("--device", default="auto", help="cuda, cuda:1, cpu, or auto (cuda when available)")
@@ -112,7 +157,7 @@ _DESCRIPTIONS = {
 
 
 # --------------------------------------------------------------------------------------------
-# checks that need no model
+# flags -> settings objects (all checks live in diffusion_notes.settings)
 # --------------------------------------------------------------------------------------------
 
 
@@ -121,32 +166,48 @@ def _sampler(args, command: str) -> str:
     if args.sampler:
         chosen.append(args.sampler)
     if len(set(chosen)) > 1:
-        raise UsageError(f"conflicting samplers {sorted(set(chosen))}; give one of --plms, --ddim or --sampler")
-    return chosen[0] if chosen else ("plms" if command == "txt2img" else "ddim")
+        raise UsageError("--sampler", f"conflicting samplers {sorted(set(chosen))}; give one of --plms, --ddim or "
+                         "--sampler")
+    return chosen[0] if chosen else pipeline_defaults(command)["sampler"]
 
 
-def _check_numbers(args, command: str, sampler: str) -> None:
-    if args.ddim_steps <= 0:
-        raise UsageError(f"--ddim_steps must be a positive number of steps, got {args.ddim_steps}")
-    from .samplers import SAMPLERS
+def _pipeline_options(args, command: str, sampler: str) -> dict:
+    """The keyword arguments of ``pipeline.txt2img / img2img / inpaint`` the flags stand for."""
+    from .settings import MemoryOptions
 
-    if args.ddim_eta is not None and args.ddim_eta < 0:
-        raise UsageError(f"--ddim_eta must be >= 0 (0 = deterministic DDIM), got {args.ddim_eta}")
-    if args.ddim_eta is not None and "eta" not in SAMPLERS[sampler].options:
-        others = [name for name, spec in SAMPLERS.items() if "eta" in spec.options and name != "ddim"]
-        also = f" (and to {', '.join(others)})" if others else ""
-        raise UsageError(f"--ddim_eta applies to the DDIM sampler only{also}; add --ddim, or drop --ddim_eta for {sampler}")
-    if args.scale < 0:
-        raise UsageError(f"--scale (guidance scale) must be >= 0 (1 = no guidance, 7.5 usual), got {args.scale}")
-    if args.n_samples < 1 or args.n_iter < 1:
-        raise UsageError(f"--n_samples and --n_iter must be at least 1, got {args.n_samples} and {args.n_iter}")
-    if command == "txt2img":
-        for flag, value in (("--H", args.H), ("--W", args.W)):
-            if value is not None and (value <= 0 or value % 8):
-                raise UsageError(f"{flag} {value} is not a positive multiple of 8 (the VAE works on 8x8 pixel "
-                                 f"blocks); use {max(8, round(value / 8) * 8)}")
-    elif not 0 <= args.strength <= 1:
-        raise UsageError(f"--strength must be between 0 (keep the image) and 1 (pure noise), got {args.strength}")
+    options = dict(negative_prompt=args.negative_prompt, steps=args.ddim_steps, sampler=sampler,
+                   sigma_schedule=args.schedule, guidance_scale=args.scale, eta=args.ddim_eta,
+                   num_images=args.n_samples,
+                   non_finite="warn" if args.allow_non_finite else "error", progress=True,
+                   memory=MemoryOptions(vae_slicing=args.slice_vae, vae_tiling=args.tile_vae,
+                                        upcast_attention=args.upcast_attention,
+                                        offload_text_encoder=args.offload_text_encoder))
+    if command != "txt2img":
+        options.update(strength=args.strength, strength_rule=args.strength_rule)
+    return options
+
+
+def _check_settings(args, command: str, sampler: str, prompts: list[str]) -> None:
+    """Every check that needs no model, through the settings objects' own validate()."""
+    from .pipeline import sampler_settings
+    from .settings import Conditioning, OutputOptions, Seed, Strength
+
+    options = _pipeline_options(args, command, sampler)
+    Conditioning(prompts, args.negative_prompt, args.n_samples, args.scale).validate()
+    # every released SD schedule has T = 1000 steps; checked again against the model's own after loading
+    from .schedules import NoiseSchedule
+
+    sampler_settings(sampler, args.ddim_steps, args.schedule, eta=args.ddim_eta).grid(NoiseSchedule.stable_diffusion())
+    Seed(args.seed).validate()
+    if args.seed != -1 and args.seed + args.n_iter * len(prompts) - 1 > 2**32 - 1:
+        raise SettingsError("seed", f"seed must leave room for one seed per batch (seed + k up to 4294967295); "
+                            f"{args.seed} + {args.n_iter * len(prompts) - 1} is past it")
+    OutputOptions(non_finite=options["non_finite"]).validate()
+    options["memory"].validate()
+    if args.n_iter < 1:
+        raise UsageError("--n_iter", f"--n_iter must be at least 1, got {args.n_iter}")
+    if command != "txt2img":
+        Strength(args.strength, args.strength_rule).validate()
 
 
 def _prompts(args) -> list[str]:
@@ -154,12 +215,14 @@ def _prompts(args) -> list[str]:
         return [args.prompt]
     path = Path(args.from_file)
     try:
+        if path.exists() and not path.is_file():
+            raise IsADirectoryError(21, "it is a folder" if path.is_dir() else "not a regular file")
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"cannot read the prompt file {path}: {_reason(exc)}") from None
+        raise UsageError("--from-file", f"cannot read the prompt file {path}: {_reason(exc)}") from None
     prompts = [line.strip() for line in lines if line.strip()]
     if not prompts:
-        raise UsageError(f"the prompt file {path} has no prompts; write one prompt per line")
+        raise UsageError("--from-file", f"the prompt file {path} has no prompts; write one prompt per line")
     return prompts
 
 
@@ -167,26 +230,20 @@ def _reason(exc: Exception) -> str:
     return getattr(exc, "strerror", None) or str(exc).splitlines()[0]
 
 
-def _open_image(path_text: str, what: str):
-    from PIL import Image
-
-    path = Path(path_text)
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image.copy()
-    except (OSError, ValueError) as exc:  # missing file, not an image, truncated file
-        raise UsageError(f"cannot read {what} {path}: {_reason(exc)}") from None
-
-
 def _images(args, command: str):
+    """The --init-img and --mask pictures, read and checked like every API image (images.image_to_tensor)."""
+    from .images import image_to_tensor, mask_to_tensor
+
     if command == "txt2img":
         return None, None
-    image = _open_image(args.init_img, "the --init-img image")
-    mask = _open_image(args.mask, "the --mask image") if command == "inpaint" else None
-    if mask is not None and mask.size != image.size:
-        raise UsageError(f"--init-img is {image.size[0]}x{image.size[1]} but --mask is {mask.size[0]}x{mask.size[1]}; "
-                         "they must be the same size")
+    image = image_to_tensor(args.init_img, "image")
+    mask = mask_to_tensor(args.mask, "mask") if command == "inpaint" else None
+    if mask is not None and mask.shape[-2:] != image.shape[-2:]:
+        (h, w), (mh, mw) = image.shape[-2:], mask.shape[-2:]
+        raise UsageError("--mask", f"--init-img is {w}x{h} but --mask is {mw}x{mh}; they must be the same size")
+    if mask is not None and not mask.any():
+        raise UsageError("--mask", "--mask is black everywhere, so there is nothing to repaint; paint white where "
+                         "the image should change")
     return image, mask
 
 
@@ -196,12 +253,12 @@ def _device(name: str):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA GPU is available to PyTorch here; run on the CPU with "
-                         "--device cpu (slow: minutes per image)")
+        raise UsageError("--device", f"--device {name}: no CUDA GPU is available to PyTorch here; run on the CPU "
+                         "with --device cpu (slow: minutes per image)")
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"--device {name!r} is not a device; use cuda, cuda:N or cpu") from None
+        raise UsageError("--device", f"--device {name!r} is not a device; use cuda, cuda:N or cpu") from None
     return device
 
 
@@ -212,16 +269,65 @@ def _dtype(precision: str, device):
 
 
 def _check_model_source(args) -> None:
-    if args.ckpt and args.model:
-        raise UsageError("give one model: --ckpt path/to/model.safetensors or --model path/to/diffusers-folder, not both")
-    if args.ckpt and not Path(args.ckpt).is_file():
-        raise UsageError(f"--ckpt {args.ckpt}: no such checkpoint file")
+    if args.ckpt and args.model:  # neither: the shipped miniature (mini-sd)
+        raise UsageError("--ckpt", "give one model: --ckpt path/to/model.safetensors or --model "
+                         "path/to/diffusers-folder, not both")
+    if args.ckpt:
+        path = Path(args.ckpt)
+        if path.is_dir():
+            hint = "a diffusers folder: use --model" if (path / "model_index.json").is_file() else \
+                "use --model for a diffusers folder (with model_index.json), --ckpt for one file"
+            raise UsageError("--ckpt", f"--ckpt {args.ckpt} is a folder, not a checkpoint file; {hint}")
+        if not path.exists():
+            raise UsageError("--ckpt", f"--ckpt {args.ckpt}: no such checkpoint file")
+        if not path.is_file():
+            raise UsageError("--ckpt", f"--ckpt {args.ckpt} is not a regular file (a pipe or a device?); "
+                             "give a .safetensors or .ckpt file")
+    if args.model and Path(args.model).is_file():
+        raise UsageError("--model", f"--model {args.model} is a file; --model takes a diffusers folder, use --ckpt "
+                         "for a single-file checkpoint")
     if args.config and not args.ckpt:
-        raise UsageError("--config describes a --ckpt single file; a --model folder carries its own configuration")
+        raise UsageError("--config", "--config describes a --ckpt single file; a --model folder carries its own "
+                         "configuration")
     if args.config and not Path(args.config).is_file():
-        raise UsageError(f"--config {args.config}: no such YAML file")
+        raise UsageError("--config", f"--config {args.config}: no such YAML file")
     if args.tokenizer and not Path(args.tokenizer).is_dir():
-        raise UsageError(f"--tokenizer {args.tokenizer}: no such folder (give a tokenizer or diffusers model folder)")
+        raise UsageError("--tokenizer", f"--tokenizer {args.tokenizer}: no such folder (give a tokenizer or "
+                         "diffusers model folder)")
+
+
+def _check_outdir(outdir: Path) -> None:
+    """The output folders can be created and written, checked before the (slow) model load."""
+    for folder in (outdir, outdir / "samples"):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError("--outdir", f"--outdir {outdir}: {folder} is a file, not a folder; choose another --outdir")
+    existing = outdir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError("--outdir", f"--outdir {outdir} cannot be created: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError("--outdir", f"--outdir {outdir}: {existing} is not writable; choose another --outdir")
+
+
+def _check_sizes_before_loading(args, command: str, image, prompts: list[str]) -> None:
+    """The size rule and the memory estimate with the VAE geometry read from the file's header (or
+    config), so that an impossible size is refused before the weights are loaded."""
+    from .checkpoints.peek import peek_vae
+    from .settings import ImageSize, MemoryOptions, check_fits_in_memory
+
+    geometry = peek_vae(args.ckpt or args.model or _default_weights())
+    height, width = (args.H, args.W) if command == "txt2img" else tuple(image.shape[-2:])
+    if height is None and width is None:
+        return  # the model's default size
+    size = ImageSize(height if height is not None else width, width if width is not None else height)
+    if command == "txt2img":
+        size.validate(geometry.factor if geometry else 1)
+    else:
+        size.validate_image(geometry.factor if geometry else 1)
+    if geometry:
+        memory = MemoryOptions(vae_slicing=args.slice_vae, vae_tiling=args.tile_vae)
+        check_fits_in_memory(size, args.n_samples, geometry.factor, _device(args.device), geometry.channels, memory)
 
 
 # --------------------------------------------------------------------------------------------
@@ -243,42 +349,41 @@ def _load(args, device, dtype):
     return load_mini_sd(torch_dtype=dtype, device=device)
 
 
+def _default_weights() -> str:
+    """The shipped miniature's single file (mini-sd), the model when neither --ckpt nor --model is given."""
+    from .mini_sd import weights_path
+
+    return str(weights_path())
+
+
 def _generate(sd, command: str, args, sampler: str, prompt: str, seed: int, image, mask):
     from . import pipeline
 
-    memory = pipeline.MemoryOptions(vae_slicing=args.slice_vae, vae_tiling=args.tile_vae,
-                                    upcast_attention=args.upcast_attention,
-                                    offload_text_encoder=args.offload_text_encoder)
-    common = dict(negative_prompt=args.negative_prompt, steps=args.ddim_steps, sampler=sampler,
-                  sigma_schedule=args.schedule,
-                  guidance_scale=args.scale, eta=args.ddim_eta, num_images=args.n_samples, seed=seed,
-                  memory=memory, progress=True)
+    options = _pipeline_options(args, command, sampler) | {"seed": seed}
     if command == "txt2img":
-        return pipeline.txt2img(sd, prompt, height=args.H, width=args.W, **common)
+        return pipeline.txt2img(sd, prompt, height=args.H, width=args.W, **options)
     if command == "img2img":
-        return pipeline.img2img(sd, image, prompt, strength=args.strength, strength_rule=args.strength_rule, **common)
-    return pipeline.inpaint(sd, image, mask, prompt, strength=args.strength, strength_rule=args.strength_rule, **common)
+        return pipeline.img2img(sd, image, prompt, **options)
+    return pipeline.inpaint(sd, image, mask, prompt, **options)
 
 
 def _check_against_model(sd, args, command: str, sampler: str, image) -> None:
     """The checks that need the model, run before the first (slow) step so that nothing is written."""
     from . import pipeline
-    from .sampling import SamplerSettings
+    from .settings import ImageSize
 
-    grid = SamplerSettings(sampler, args.ddim_steps, args.schedule).grid(sd.schedule)  # SettingsError if impossible
-    timesteps = grid.timesteps[:-1].flip(0).numpy()
+    grid = pipeline.sampler_settings(sampler, args.ddim_steps, args.schedule, eta=args.ddim_eta).grid(sd.schedule)
+    timesteps = grid.timesteps[:-1].flip(0).numpy()  # ascending
     if command != "inpaint" and pipeline.is_inpainting_model(sd):
-        raise UsageError(f"{_model_name(args)} is an inpainting checkpoint (9-channel UNet); use it with the inpaint "
-                         f"command, or give {command} an ordinary checkpoint")
+        raise UsageError("--ckpt", f"{_model_name(args)} is an inpainting checkpoint (9-channel UNet); use it with "
+                         f"the inpaint command, or give {command} an ordinary checkpoint")
     if command != "txt2img":
-        try:
-            pipeline.strength_timesteps(timesteps, args.ddim_steps, args.strength, args.strength_rule)
-        except ValueError as err:  # the library's message names the Python argument; name the flag here
-            raise UsageError(f"{err} (on the command line: --strength-rule diffusers)") from None
-    height, width = (args.H, args.W) if command == "txt2img" else (image.size[1], image.size[0])
+        pipeline.strength_timesteps(timesteps, args.ddim_steps, args.strength, args.strength_rule)
     default_h, default_w = pipeline.default_size(sd)
-    pipeline.check_size(sd, height or default_h, width or default_w,
-                         "--H and --W" if command == "txt2img" else "the --init-img's height and width")
+    if command == "txt2img":
+        ImageSize(args.H or default_h, args.W or default_w).validate(pipeline.vae_factor(sd))
+    else:
+        ImageSize(*image.shape[-2:]).validate_image(pipeline.vae_factor(sd))
 
 
 def _next_number(folder: Path, pattern: str) -> int:
@@ -297,14 +402,21 @@ def _model_name(args) -> str:
     return Path(args.ckpt).stem if args.ckpt else Path(args.model.rstrip("/")).name
 
 
-def _run(command: str, args) -> int:
+class _Progress:
+    """How many pictures a run has saved, and where: what an interrupted run reports."""
+
+    def __init__(self, samples: Path):
+        self.samples, self.saved = samples, 0
+
+
+def _run(command: str, args, progress: _Progress) -> int:
     sampler = _sampler(args, command)
-    _check_numbers(args, command, sampler)
     prompts = _prompts(args)
-    image, mask = _images(args, command)
+    _check_settings(args, command, sampler, prompts)
     _check_model_source(args)
-    if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
-        raise UsageError(f"--outdir {args.outdir} is a file, not a folder; choose another --outdir")
+    _check_outdir(Path(args.outdir))
+    image, mask = _images(args, command)
+    _check_sizes_before_loading(args, command, image, prompts)
     device = _device(args.device)
     sd = _load(args, device, _dtype(args.precision, device))
     _check_against_model(sd, args, command, sampler, image)
@@ -316,22 +428,32 @@ def _run(command: str, args) -> int:
     if device.type == "cpu" and max(default_size(sd)) >= 256:
         print("note: running on the CPU, which is slow: expect minutes per 512x512 image", file=sys.stderr)
 
-    outdir, samples, model = Path(args.outdir), Path(args.outdir) / "samples", _model_name(args)
+    outdir, samples, model = Path(args.outdir), progress.samples, _model_name(args)
+    first_seed = _random_seed() if args.seed == -1 else args.seed
+    if args.seed == -1:
+        print(f"note: --seed -1: using the random seed {first_seed}", file=sys.stderr)
     pictures, rows, grid_infotext = [], 0, None
     for _ in range(args.n_iter):
         for prompt in prompts:
-            seed = args.seed + rows  # one seed per batch, recorded in each PNG
+            seed = first_seed + rows  # one seed per batch, recorded in each PNG
             result = _generate(sd, command, args, sampler, prompt, seed, image, mask)
             samples.mkdir(parents=True, exist_ok=True)
             first = _next_number(samples, r"(\d{5})\.png")
             for index, picture in enumerate(result.images):
                 _save(picture, samples / f"{first + index:05}.png", result.infotext(index, model=model))
+                progress.saved += 1
             pictures += result.images
             grid_infotext = grid_infotext or result.infotext(0, model=model)
             rows += 1
     _write_grid(outdir, pictures, rows, grid_infotext)
     print(f"wrote {len(pictures)} image(s) to {samples} and a grid to {outdir}", file=sys.stderr)
     return 0
+
+
+def _random_seed() -> int:
+    from .settings import Seed
+
+    return Seed(-1).resolve()
 
 
 def _save(picture, path: Path, infotext: str) -> None:
@@ -354,7 +476,18 @@ def _write_grid(outdir: Path, pictures: list, rows: int, infotext: str) -> None:
 
 
 def _one_line_warnings(message, category, filename, lineno, line=None) -> str:
-    return f"warning: {message}\n"
+    return f"warning: {' '.join(str(message).split())}\n"
+
+
+def flag_message(err: SettingsError) -> str:
+    """The error's message with its Python option replaced by the command line's flag."""
+    message = " ".join(str(err).split())
+    flag = FLAGS.get(err.option, err.option)
+    if err.option.startswith("--") or flag == err.option:
+        return message
+    if message.startswith(err.option):
+        return flag + message[len(err.option):]
+    return f"{flag}: {message}"
 
 
 def main(argv: list[str]) -> int:
@@ -369,16 +502,21 @@ def main(argv: list[str]) -> int:
         return exc.code
     import torch
 
-    from .checkpoints.io import CheckpointError
-
     previous_format = warnings.formatwarning
     warnings.formatwarning = _one_line_warnings
+    progress = _Progress(Path(args.outdir) / "samples")
     try:
-        return _run(command, args)
-    except (UsageError, CheckpointError, ValueError) as exc:
+        return _run(command, args, progress)
+    except SettingsError as exc:
+        print(f"error: {flag_message(exc)}", file=sys.stderr)
+    except CheckpointError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
     except torch.cuda.OutOfMemoryError:
         print(f"error: out of GPU memory; reduce what the GPU holds with {MEMORY_HINT}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"interrupted: {progress.saved} image(s) saved" + (f" to {progress.samples}" if progress.saved else "")
+              + "; no partial file was left", file=sys.stderr)
+        return 130
     finally:
         warnings.formatwarning = previous_format
     return 2

@@ -16,13 +16,33 @@ from typing import Callable
 
 import torch
 
-__all__ = ["classifier_free_guidance", "guided_eps_model"]
+__all__ = ["classifier_free_guidance", "guided_eps_model", "rescale_guidance"]
 
 
-def classifier_free_guidance(e_t_uncond: torch.Tensor, e_t: torch.Tensor, unconditional_guidance_scale: float) -> torch.Tensor:
-    """Ho & Salimans 2022 Eq. 6. CompVis: ``e_t_uncond + unconditional_guidance_scale * (e_t - e_t_uncond)``
-    in ``p_sample_ddim``/``p_sample_plms``; diffusers: ``noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)``."""
-    return e_t_uncond + unconditional_guidance_scale * (e_t - e_t_uncond)
+def rescale_guidance(e_cfg: torch.Tensor, e_t: torch.Tensor, guidance_rescale: float) -> torch.Tensor:
+    r"""Lin et al. 2023, Eq. 15-16: pull the guided prediction's per-sample standard deviation back to the
+    conditional one's, then blend by :math:`\phi` = ``guidance_rescale``:
+
+    .. math::
+        x_{rescaled} = x_{cfg}\,rac{\mathrm{std}(x_{pos})}{\mathrm{std}(x_{cfg})},\qquad
+        x_{final} = \phi\,x_{rescaled} + (1 - \phi)\,x_{cfg}
+
+    (std over all but the batch dimension; :math:`\phi = 0.7` in the paper, 0 = plain guidance). It counters the
+    over-exposure a large guidance scale causes on zero-terminal-SNR models. diffusers: ``rescale_noise_cfg``."""
+    dims = list(range(1, e_t.dim()))
+    std_pos = e_t.std(dim=dims, keepdim=True)
+    std_cfg = e_cfg.std(dim=dims, keepdim=True)
+    rescaled = e_cfg * (std_pos / std_cfg)
+    return guidance_rescale * rescaled + (1 - guidance_rescale) * e_cfg
+
+
+def classifier_free_guidance(e_t_uncond: torch.Tensor, e_t: torch.Tensor, unconditional_guidance_scale: float,
+                             guidance_rescale: float = 0.0) -> torch.Tensor:
+    """Ho & Salimans 2022 Eq. 6, then (``guidance_rescale`` > 0) :func:`rescale_guidance`.
+    CompVis: ``e_t_uncond + unconditional_guidance_scale * (e_t - e_t_uncond)`` in ``p_sample_ddim``/``p_sample_plms``;
+    diffusers: ``noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)``."""
+    e_cfg = e_t_uncond + unconditional_guidance_scale * (e_t - e_t_uncond)
+    return rescale_guidance(e_cfg, e_t, guidance_rescale) if guidance_rescale else e_cfg
 
 
 def _cat_conditioning(uc, c):
@@ -32,7 +52,7 @@ def _cat_conditioning(uc, c):
 
 
 def guided_eps_model(
-    model: Callable[..., torch.Tensor], c, uc, unconditional_guidance_scale: float
+    model: Callable[..., torch.Tensor], c, uc, unconditional_guidance_scale: float, guidance_rescale: float = 0.0
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Wrap ``model(x, t, c)`` into ``eps_model(x, t)`` applying classifier-free guidance in ONE batched call.
 
@@ -40,7 +60,8 @@ def guided_eps_model(
     ``e_t_uncond, e_t = model(x_in, t_in, c_in).chunk(2)``. ``c``/``uc`` are tensors, or dicts of tensors
     (SDXL's context plus pooled/size vector). With ``uc=None`` or scale 1 the model is called once on ``c``.
     The wrapped model returns whatever the network predicts (eps or v): the formula is linear, so
-    guiding v and converting afterwards equals converting first.
+    guiding v and converting afterwards equals converting first. ``guidance_rescale`` (:math:`\phi`) applies
+    :func:`rescale_guidance` to the guided output (as diffusers does, to eps or v).
     """
 
     guided = uc is not None and unconditional_guidance_scale != 1.0
@@ -52,6 +73,6 @@ def guided_eps_model(
         x_in = torch.cat([x] * 2)
         t_in = torch.cat([t] * 2)
         e_t_uncond, e_t = model(x_in, t_in, c_in).chunk(2)
-        return classifier_free_guidance(e_t_uncond, e_t, unconditional_guidance_scale)
+        return classifier_free_guidance(e_t_uncond, e_t, unconditional_guidance_scale, guidance_rescale)
 
     return eps_model

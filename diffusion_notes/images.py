@@ -24,22 +24,133 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["pil_to_tensor", "mask_to_tensor", "tensor_to_array", "array_to_pil", "make_grid",
+from .errors import SettingsError
+
+__all__ = ["pil_to_tensor", "image_to_tensor", "mask_to_tensor", "tensor_to_array", "array_to_pil", "make_grid",
            "format_parameters", "parse_parameters", "save_png"]
+
+
+#: PIL modes whose pixels are 16-bit (or wider) integers: scaled by 65535, not clipped at 255 by ``convert``.
+_WIDE_INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _pil_unit_array(image, channels: str) -> np.ndarray:
+    """A PIL image as float32 in [0, 1]: ``(H, W, 3)`` for ``channels="RGB"``, ``(H, W)`` for ``"L"``.
+
+    8-bit modes go through ``convert`` (palette, grey, CMYK, alpha dropped); 16-bit grey (``I;16``, and
+    ``I`` as older Pillows open 16-bit PNGs) is divided by 65535; floating-point grey (``F``) is on
+    Pillow's own 0..255 scale (what ``convert("F")`` gives). ``convert`` alone would clip every value
+    above 255 to white: a 16-bit PNG would come out almost all white.
+    """
+    if image.mode in _WIDE_INTEGER_MODES or image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        top = 255.0 if image.mode == "F" else 65535.0
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > top:
+            raise SettingsError("image", f"a {image.mode}-mode image must hold finite values in 0..{top:g}; save it "
+                                "as an 8- or 16-bit PNG")
+        values = (values / top).astype(np.float32)
+        return np.repeat(values[..., None], 3, axis=-1) if channels == "RGB" else values
+    try:
+        if image.mode == "P":  # a palette (possibly with transparency): through RGBA, as Pillow advises
+            image = image.convert("RGBA")
+        return np.asarray(image.convert(channels), dtype=np.float32) / 255.0
+    except ValueError as exc:  # e.g. LAB or HSV, which Pillow cannot convert
+        raise SettingsError("image", f"cannot convert a {image.mode}-mode image to {channels} ({exc}); save it "
+                            "as an RGB PNG") from None
+
+
+def _open(value, option: str):
+    """A PIL image from a PIL image or a path (str / PathLike); SettingsError naming ``option`` otherwise."""
+    if isinstance(value, (str, os.PathLike)):
+        from PIL import Image, UnidentifiedImageError
+
+        path = Path(value)
+        if not path.is_file():
+            what = "is a folder" if path.is_dir() else "does not exist" if not path.exists() else "is not a regular file"
+            raise SettingsError(option, f"{option} {str(path)!r} {what}; give a PNG/JPEG file or a PIL image")
+        try:
+            with Image.open(path) as image:
+                image.load()
+                return image.copy()
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
+            raise SettingsError(option, f"cannot read {option} {str(path)!r} as an image "
+                                f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
+    return value
+
+
+def _is_pil(value) -> bool:
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(value, Image.Image)
 
 
 def pil_to_tensor(image) -> torch.Tensor:
     """A PIL image (any mode) -> ``(1, 3, H, W)`` float32 in [-1, 1] (CompVis ``load_img``: ``2 * x - 1``)."""
-    pixels = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    return torch.from_numpy(pixels).permute(2, 0, 1)[None] * 2.0 - 1.0
+    pixels = _pil_unit_array(image, "RGB")
+    return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None] * 2.0 - 1.0
 
 
-def mask_to_tensor(mask) -> torch.Tensor:
-    """A PIL mask (white = repaint) or a tensor in [0, 1] -> ``(1, 1, H, W)`` float32 of zeros and ones."""
-    if isinstance(mask, torch.Tensor):
-        values = mask.float().reshape(1, 1, *mask.shape[-2:])
-    else:
-        values = torch.from_numpy(np.asarray(mask.convert("L"), dtype=np.float32) / 255.0)[None, None]
+def image_to_tensor(image, option: str = "image") -> torch.Tensor:
+    """The pipeline's image input -> ``(1, 3, H, W)`` float32 in [-1, 1].
+
+    Accepts a PIL image (any mode, see :func:`pil_to_tensor`), a path to one, or a tensor of shape
+    ``(3, H, W)`` or ``(1, 3, H, W)`` with finite values in [-1, 1] (the VAE's range; CompVis
+    ``load_img``). Anything else is a :class:`SettingsError` naming the expected shape and range.
+    """
+    image = _open(image, option)
+    if _is_pil(image):
+        if image.width == 0 or image.height == 0:
+            raise SettingsError(option, f"the {option} is empty (0 pixels)")
+        return pil_to_tensor(image)
+    if not isinstance(image, torch.Tensor):
+        raise SettingsError(option, f"{option} must be a PIL image, a path, or a (1, 3, H, W) tensor in [-1, 1]; "
+                            f"got {type(image).__name__}")
+    if image.ndim == 3:
+        image = image[None]
+    if image.ndim != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+        raise SettingsError(option, f"{option} tensor must have shape (1, 3, H, W) or (3, H, W); got {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise SettingsError(option, f"{option} tensor must be floating point in [-1, 1], got {image.dtype} "
+                            "(for 8-bit pixels use x / 127.5 - 1)")
+    image = image.float()
+    if not torch.isfinite(image).all():
+        raise SettingsError(option, f"{option} tensor holds NaN/inf; it must be finite values in [-1, 1]")
+    low, high = float(image.min()), float(image.max())
+    if low < -1 - 1e-3 or high > 1 + 1e-3:
+        hint = " (it looks like [0, 1]: use 2 * x - 1)" if low >= 0 and high <= 1 else \
+            " (it looks like 0..255: use x / 127.5 - 1)" if low >= 0 and high <= 255 else ""
+        raise SettingsError(option, f"{option} tensor values must lie in [-1, 1]; got [{low:.3g}, {high:.3g}]{hint}")
+    return image.clamp(-1, 1)
+
+
+def mask_to_tensor(mask, option: str = "mask") -> torch.Tensor:
+    """A mask (white = repaint) -> ``(1, 1, H, W)`` float32 of zeros and ones, binarised at 0.5.
+
+    Accepts a PIL image (any mode; colour is converted to grey, 16-bit grey scaled by 65535, an alpha
+    channel is ignored), a path to one, or a tensor in [0, 1] of shape ``(H, W)``, ``(1, H, W)`` or
+    ``(1, 1, H, W)``.
+    """
+    mask = _open(mask, option)
+    if _is_pil(mask):
+        if mask.width == 0 or mask.height == 0:
+            raise SettingsError(option, f"the {option} is empty (0 pixels)")
+        values = torch.from_numpy(np.ascontiguousarray(_pil_unit_array(mask, "L")))[None, None]
+        return (values >= 0.5).float()
+    if not isinstance(mask, torch.Tensor):
+        raise SettingsError(option, f"{option} must be a PIL image, a path, or an (H, W) / (1, 1, H, W) tensor in "
+                            f"[0, 1]; got {type(mask).__name__}")
+    shape = tuple(mask.shape)
+    if mask.ndim not in (2, 3, 4) or any(n != 1 for n in shape[:-2]):
+        raise SettingsError(option, f"{option} tensor must have shape (H, W), (1, H, W) or (1, 1, H, W); got {shape}")
+    values = mask.float().reshape(1, 1, *shape[-2:])
+    if not torch.isfinite(values).all():
+        raise SettingsError(option, f"{option} tensor holds NaN/inf; it must be finite values in [0, 1]")
+    low, high = float(values.min()), float(values.max())
+    if low < 0 or high > 1:
+        raise SettingsError(option, f"{option} tensor values must lie in [0, 1] (1 = repaint); got [{low:.3g}, "
+                            f"{high:.3g}]" + (" (0..255? divide by 255)" if high <= 255 and low >= 0 else ""))
     return (values >= 0.5).float()
 
 
@@ -103,22 +214,27 @@ def parse_parameters(text: str) -> dict:
 
 
 def save_png(image, path, parameters: str | None = None) -> Path:
-    """Write ``image`` to ``path`` with a ``parameters`` tEXt chunk; never replaces an existing file.
+    """Write ``image`` to ``path`` with a ``parameters`` tEXt chunk; never replaces an existing file and
+    never leaves a partial one.
 
-    The file is opened with ``"xb"`` (create, fail if it exists), so even two runs racing for the same
-    number cannot overwrite each other's pictures.
+    The bytes go to a temporary name in the same folder; only the complete file is then hard-linked
+    to ``path`` (``os.link`` fails if ``path`` exists, so even two runs racing for the same number
+    cannot overwrite each other's pictures) and the temporary name removed. An interruption (Ctrl-C)
+    at any point leaves either the whole picture or nothing.
     """
+    import tempfile
+
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     if parameters is not None:
         info.add_text("parameters", parameters)
     path = Path(path)
-    with open(path, "xb") as f:
-        try:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)
-        except BaseException:
-            f.close()
-            os.unlink(path)  # no half-written picture left behind
-            raise
+        os.link(tmp, path)
+    finally:
+        os.unlink(tmp)
     return path

@@ -66,7 +66,7 @@ class SamplerSettings:
       unspecified ones take the sampler's defaults (``SamplerSpec.options``);
     * ``quantize``: evaluate the model at the nearest trained (integer) timestep instead of the
       real-valued one (k-diffusion's ``DiscreteEpsDDPMDenoiser(quantize=True)``; diffusers' DPM-Solver
-      and UniPC round their Karras timesteps so).
+      and UniPC round their Karras timesteps so); may also be given as ``options={"quantize": True}``.
     """
 
     sampler: str = "plms"
@@ -78,7 +78,10 @@ class SamplerSettings:
     quantize: bool = False
 
     def __post_init__(self):
-        object.__setattr__(self, "options", MappingProxyType(dict(self.options)))
+        options = dict(self.options)
+        if "quantize" in options:  # accepted among the options too (the pipeline's sampler_options)
+            object.__setattr__(self, "quantize", options.pop("quantize"))
+        object.__setattr__(self, "options", MappingProxyType(options))
 
     @property
     def spec(self):
@@ -107,7 +110,8 @@ class SamplerSettings:
                 continue
             if name not in spec.options:
                 takers = [s.name for s in SAMPLERS.values() if name in s.options]
-                where = f"{name} applies to the {', '.join(takers)} sampler{'s' if len(takers) > 1 else ''} only; " if takers else f"no sampler takes an option {name!r}; "
+                also = f" (and to {', '.join(takers[1:])})" if len(takers) > 1 else ""
+                where = f"{name} applies to the {takers[0]} sampler only{also}; " if takers else f"no sampler takes an option {name!r}; "
                 taken = ", ".join([*spec.options, *GRID_OPTIONS])
                 raise SettingsError(name, f"{where}the {self.sampler} sampler takes {taken}")
             _check_option_value(name, value, spec.options[name], spec.choices.get(name, ()))
@@ -211,7 +215,8 @@ def _model_function(eps_model, x_T: torch.Tensor, grid: SamplingGrid, prediction
         if not torch.isfinite(out).all():
             raise FloatingPointError(f"the model output contains NaN/inf at step {progress['step']} (timestep {_as_number(t_model)}); "
                                      "in fp16 try float32 or upcast_attention")
-        # the conversion uses the level the network was evaluated at: x is x_t there
+        # v / x0 -> eps at the real level t, where x is x_t (also when quantize showed the network round(t);
+        # diffusers' DPM-Solver converts with its real Karras sigma likewise)
         return out if prediction_type == "eps" else eps_from_output(out, x, grid.alpha_at(t), prediction_type)
 
     return model
@@ -237,6 +242,7 @@ def sample(
     grid: SamplingGrid | None = None,
     generator: torch.Generator | None = None,
     callback: Callable | None = None,
+    step_hook: Callable | None = None,
     return_trajectory: bool = False,
     ddpm_variance: str | None = None,
     clip_denoised: bool | None = None,
@@ -256,6 +262,9 @@ def sample(
     * ``generator``: the source of all noise; drawn on the generator's device, so a CPU generator makes
       results device independent.
     * ``callback(i, t, x, pred_x0)`` is called after every step (``t``: the level the step started from).
+    * ``step_hook(i, t, x, pred_x0) -> x'``, called after every step before ``callback``, returns the
+      latents the sampler continues from (e.g. inpainting's blend of the known region); a new tensor
+      of ``x``'s shape, which the loop then carries on from (``x`` itself is overwritten with it).
     """
     given = {"eta": eta, "set_alpha_to_one": set_alpha_to_one, "ddpm_variance": ddpm_variance, "clip_denoised": clip_denoised}
     given = {k: v for k, v in given.items() if v is not None}
@@ -279,6 +288,12 @@ def sample(
     for step in settings.spec.fn(model, x_T, grid, noise, **settings.sampler_options()):
         x = step.x
         t = _as_number(step.t)
+        if step_hook is not None:
+            hooked = step_hook(step.i, t, x, step.pred_x0)
+            if not isinstance(hooked, torch.Tensor) or hooked.shape != x.shape:
+                raise ValueError(f"step_hook must return a tensor of x's shape {tuple(x.shape)}, got "
+                                 f"{getattr(hooked, 'shape', type(hooked).__name__)}")
+            x.copy_(hooked)  # the registered loop continues from the tensor it yielded
         if not torch.isfinite(x).all():
             raise FloatingPointError(f"the {settings.sampler} sampler's x became NaN/inf at step {step.i} (timestep {t})")
         if trajectory is not None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, fields
 
 import torch
 
-__all__ = ["make_beta_schedule", "NoiseSchedule", "SCHEDULE_NAMES", "COMPVIS_NAMES", "DIFFUSERS_NAMES", "SD_BETA_RANGE"]
+__all__ = ["make_beta_schedule", "rescale_zero_terminal_snr", "NoiseSchedule", "SCHEDULE_NAMES", "COMPVIS_NAMES", "DIFFUSERS_NAMES", "SD_BETA_RANGE"]
 
 #: The names this package uses (DDPM paper / diffusers conventions).
 SCHEDULE_NAMES = ("linear", "scaled_linear", "cosine", "sqrt")
@@ -104,6 +104,29 @@ def make_beta_schedule(
     return (1 - f[1:] / f[:-1]).clamp(max=0.999)
 
 
+def rescale_zero_terminal_snr(betas) -> torch.Tensor:
+    r"""Lin et al. 2023 ("Common Diffusion Noise Schedules and Sample Steps are Flawed"), Algorithm 1.
+
+    Shift and scale :math:`\sqrt{\bar\alpha_t}` so that the last one is exactly 0 (zero terminal SNR, so
+    :math:`x_T` is pure noise as at sampling time) while the first is unchanged:
+
+    .. math::
+        \sqrt{\bar\alpha_t}' = \big(\sqrt{\bar\alpha_t} - \sqrt{\bar\alpha_T}\big)\,
+            \frac{\sqrt{\bar\alpha_1}}{\sqrt{\bar\alpha_1} - \sqrt{\bar\alpha_T}},\qquad
+        \beta_t' = 1 - \frac{\bar\alpha_t'}{\bar\alpha_{t-1}'}\ (\beta_T' = 1).
+
+    Models must be trained (or fine-tuned, with v-prediction) on the rescaled schedule; samplers meet
+    :math:`\sigma_T = \infty` (see ``samplers.grid.ZERO_SNR_ALPHA_CUMPROD``).
+    diffusers: ``rescale_zero_terminal_snr`` (``rescale_betas_zero_snr=True`` in the schedulers)."""
+    betas = torch.as_tensor(betas, dtype=torch.float64)
+    alphas_bar_sqrt = torch.cumprod(1 - betas, 0).sqrt()
+    a_first, a_last = alphas_bar_sqrt[0].clone(), alphas_bar_sqrt[-1].clone()
+    alphas_bar_sqrt = (alphas_bar_sqrt - a_last) * a_first / (a_first - a_last)
+    alphas_bar = alphas_bar_sqrt**2
+    alphas = torch.cat([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
+    return 1 - alphas
+
+
 @dataclass(frozen=True)
 class NoiseSchedule:
     r"""Every per-timestep buffer of a discrete diffusion, under CompVis's buffer names.
@@ -153,8 +176,10 @@ class NoiseSchedule:
     def from_betas(cls, betas) -> "NoiseSchedule":
         """All buffers from :math:`\\beta_t`, in float64 (CompVis ``DDPM.register_schedule``)."""
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
-        if betas.numel() == 0 or not torch.all((betas > 0) & (betas < 1)):
-            raise ValueError("betas must be a non-empty sequence of numbers strictly between 0 and 1")
+        inside = (betas > 0) & (betas < 1)
+        inside[-1:] |= betas[-1:] == 1  # beta_T = 1: a zero-terminal-SNR schedule (rescale_zero_terminal_snr)
+        if betas.numel() == 0 or not torch.all(inside):
+            raise ValueError("betas must be a non-empty sequence of numbers strictly between 0 and 1 (the last may be 1)")
         alphas = 1.0 - betas
         alphas_cumprod = torch.cumprod(alphas, dim=0)
         alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
@@ -177,14 +202,17 @@ class NoiseSchedule:
         )
 
     @classmethod
-    def from_name(cls, name: str, num_timesteps: int = 1000, **kwargs) -> "NoiseSchedule":
-        """Shorthand for ``NoiseSchedule.from_betas(make_beta_schedule(name, num_timesteps, **kwargs))``."""
-        return cls.from_betas(make_beta_schedule(name, num_timesteps, **kwargs))
+    def from_name(cls, name: str, num_timesteps: int = 1000, zero_terminal_snr: bool = False, **kwargs) -> "NoiseSchedule":
+        """Shorthand for ``NoiseSchedule.from_betas(make_beta_schedule(name, num_timesteps, **kwargs))``;
+        ``zero_terminal_snr`` applies :func:`rescale_zero_terminal_snr` first."""
+        betas = make_beta_schedule(name, num_timesteps, **kwargs)
+        return cls.from_betas(rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas)
 
     @classmethod
-    def stable_diffusion(cls) -> "NoiseSchedule":
-        """The schedule of every Stable Diffusion release (1.x, 2.x, XL): scaled_linear, 0.00085..0.012, T=1000."""
-        return cls.from_name("scaled_linear", 1000, linear_start=SD_BETA_RANGE[0], linear_end=SD_BETA_RANGE[1])
+    def stable_diffusion(cls, zero_terminal_snr: bool = False) -> "NoiseSchedule":
+        """The schedule of every Stable Diffusion release (1.x, 2.x, XL): scaled_linear, 0.00085..0.012, T=1000
+        (rescaled to zero terminal SNR with ``zero_terminal_snr``, Lin et al. 2023)."""
+        return cls.from_name("scaled_linear", 1000, zero_terminal_snr, linear_start=SD_BETA_RANGE[0], linear_end=SD_BETA_RANGE[1])
 
     @property
     def num_timesteps(self) -> int:

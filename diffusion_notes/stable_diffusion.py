@@ -15,6 +15,7 @@ What the pipeline relies on is listed in the docstring of :class:`StableDiffusio
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -29,6 +30,17 @@ from .models.vae import AutoencoderKL
 from .schedules import NoiseSchedule
 
 __all__ = ["StableDiffusion", "StableDiffusionConfig"]
+
+
+def _pipeline_method(function):
+    """``function(sd, ...)`` of :mod:`diffusion_notes.pipeline` as a method; ``inspect.signature`` and
+    ``help()`` follow ``__wrapped__`` to the function's explicit keyword-only signature."""
+
+    @functools.wraps(function)
+    def method(self, *args, **kwargs):
+        return function(self, *args, **kwargs)
+
+    return method
 
 
 @dataclass(frozen=True)
@@ -104,17 +116,10 @@ class StableDiffusion(nn.Module):
 
     # -- generation (diffusion_notes/pipeline.py) ---------------------------------------------
 
-    def txt2img(self, *args, **kwargs):
-        """Text-to-image; see :func:`diffusion_notes.pipeline.txt2img` for the arguments."""
-        return pipeline.txt2img(self, *args, **kwargs)
-
-    def img2img(self, *args, **kwargs):
-        """Image-to-image; see :func:`diffusion_notes.pipeline.img2img` for the arguments."""
-        return pipeline.img2img(self, *args, **kwargs)
-
-    def inpaint(self, *args, **kwargs):
-        """Inpainting; see :func:`diffusion_notes.pipeline.inpaint` for the arguments."""
-        return pipeline.inpaint(self, *args, **kwargs)
+    # The pipeline functions as methods, with their own signatures and docstrings (help() shows every option).
+    txt2img = _pipeline_method(pipeline.txt2img)
+    img2img = _pipeline_method(pipeline.img2img)
+    inpaint = _pipeline_method(pipeline.inpaint)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
         """Diffusion-model latents -> float32 image in [-1, 1], not clamped (:func:`diffusion_notes.pipeline.decode`,

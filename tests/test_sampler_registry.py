@@ -258,3 +258,23 @@ def test_img2img_grid_tail_and_its_noising():
     ddim_full = sample(dummy_eps, _x_T(), SCHEDULE, "ddim", 10, return_trajectory=True)[1]
     torch.testing.assert_close(sample(dummy_eps, ddim_full.x[6], SCHEDULE, "ddim", grid=tail), ddim_full.x[-1], rtol=0, atol=1e-12)
     assert len(full.x) == 11
+
+
+@pytest.mark.parametrize("sampler", list(SAMPLERS))
+def test_every_sampler_runs_on_every_sigma_schedule_and_end_point(sampler):
+    for schedule in ("default", "karras", "exponential"):
+        for steps in (1, 2, 5):
+            for alpha_one in (True, False):
+                spacing = "leading" if sampler == "ddpm" else "trailing"  # valid for every step count
+                out = sample(dummy_eps, _x_T(), SCHEDULE, sampler, steps, sigma_schedule=schedule, spacing=spacing,
+                             set_alpha_to_one=alpha_one, generator=torch.Generator().manual_seed(0))
+                assert torch.isfinite(out).all() and out.shape == _x_T().shape, (schedule, steps, alpha_one)
+
+
+def test_the_docs_table_of_samplers_is_the_registry():
+    from pathlib import Path
+
+    from diffusion_notes.samplers.registry import markdown_table
+
+    formulas = (Path(__file__).resolve().parents[1] / "docs" / "formulas.md").read_text()
+    assert markdown_table() in formulas, "docs/formulas.md: paste samplers.registry.markdown_table() again"

@@ -191,7 +191,7 @@ def test_trajectory_and_callback():
 def test_sampler_argument_errors():
     x = _x_T(2)
     with pytest.raises(ValueError, match="sampler must be one of"):
-        sample(dummy_eps, x, SCHEDULE, "euler")
+        sample(dummy_eps, x, SCHEDULE, "bogus")
     with pytest.raises(ValueError, match="eta must be >= 0"):
         sample(dummy_eps, x, SCHEDULE, "ddim", eta=-0.1)
     with pytest.raises(ValueError, match="eta applies to the ddim sampler only"):

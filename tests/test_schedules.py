@@ -89,9 +89,11 @@ def test_buffers_closed_forms(name):
 
 
 def test_from_betas_rejects_nonsense():
-    for bad in ([], [0.0, 0.1], [0.5, 1.0], [[-0.1]]):
+    for bad in ([], [0.0, 0.1], [1.0, 0.5], [0.5, 1.0, 0.5], [0.5, 1.5], [[-0.1]]):
         with pytest.raises(ValueError, match="strictly between 0 and 1"):
             NoiseSchedule.from_betas(bad)
+    # only the last beta may be 1: a zero-terminal-SNR schedule (Lin et al. 2023), alphas_cumprod[T-1] = 0
+    assert NoiseSchedule.from_betas([0.5, 1.0]).alphas_cumprod.tolist() == [0.5, 0.0]
     with pytest.raises(ValueError, match="unknown paper beta schedule"):
         make_beta_schedule("quadratic")
     with pytest.raises(ValueError, match="naming"):

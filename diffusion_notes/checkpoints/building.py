@@ -1,8 +1,8 @@
 """Building networks from loaded tensors without allocating their weights twice.
 
-Every network is built on the ``meta`` device and receives the memory-mapped tensors with
-``load_state_dict(assign=True)`` (a dtype cast, e.g. of an fp16 file to the default float32, makes
-the one copy that is kept). Shared by the single-file and the diffusers-folder readers.
+Every network is built on the ``meta`` device and receives the loaded tensors with
+``load_state_dict(assign=True)``; the readers have already converted them to the wanted dtype, one
+tensor at a time (``checkpoints.io.load_state_dict(dtype=)``), so that copy is the one kept. Shared by the single-file and the diffusers-folder readers.
 """
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, SettingsError
 from ..models.text import materialize_position_ids
 
-__all__ = ["load_into", "build", "build_clip", "clip_key", "clip_state_dict", "token_ids", "prediction_name",
+__all__ = ["check_schedule_values", "load_into", "build", "build_clip", "clip_key", "clip_state_dict", "token_ids", "prediction_name",
            "DIFFUSERS_PREDICTION"]
 
 _PREDICTION_NAMES = {"eps": "eps", "epsilon": "eps", "v": "v", "v_prediction": "v"}
@@ -21,28 +21,48 @@ _PREDICTION_NAMES = {"eps": "eps", "epsilon": "eps", "v": "v", "v_prediction": "
 DIFFUSERS_PREDICTION = {"eps": "epsilon", "v": "v_prediction"}
 
 
-def load_into(module: nn.Module, state_dict: dict, what: str, prefix: str) -> nn.Module:
-    """``load_state_dict(assign=True)`` into a meta-device module, with one-line errors."""
-    expected = set(module.state_dict())
-    missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+def load_into(module: nn.Module, state_dict: dict, what: str, prefix: str, config_source: str | None = None,
+              file_name=None) -> nn.Module:
+    """``load_state_dict(assign=True)`` into a meta-device module, with one-line errors.
+
+    Every tensor is checked first: present, expected, floating point where the module's is, and of
+    the module's shape (the error names the tensor and both shapes, and ``config_source``, the file
+    the architecture came from, when it was not inferred from the tensors themselves). ``file_name(name)``
+    gives a tensor's name as the file spells it, when the layout was converted (default: ``prefix + name``).
+    """
+    file_name = file_name or (lambda name: prefix + name)
+    expected = module.state_dict()
+    missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
     if missing:
         raise CheckpointError(f"checkpoint is missing {len(missing)} of {len(expected)} {what} tensors under "
                               f"{prefix!r} (e.g. {prefix}{missing[0]}); the file is incomplete or not this model.")
     if unexpected:
         raise CheckpointError(f"checkpoint has {len(unexpected)} {what} tensors under {prefix!r} that this "
                               f"architecture lacks (e.g. {prefix}{unexpected[0]}); check the config/YAML.")
+    source = f"the config {config_source}" if config_source else "the architecture read from the other tensors"
+    for name, slot in expected.items():
+        given = state_dict[name]
+        if not isinstance(given, torch.Tensor):
+            raise CheckpointError(f"{what} entry {file_name(name)} is a {type(given).__name__}, not a tensor.")
+        if slot.is_floating_point() and not given.is_floating_point():
+            raise CheckpointError(f"{what} tensor {file_name(name)} holds {str(given.dtype).removeprefix('torch.')}, "
+                                  "not floating-point weights; the file is damaged or not this model.")
+        if tuple(given.shape) != tuple(slot.shape):
+            raise CheckpointError(f"{what} tensor {file_name(name)} has shape {tuple(given.shape)} but {source} needs "
+                                  f"{tuple(slot.shape)}; the file is damaged, or the config describes another model.")
     module.load_state_dict(state_dict, strict=True, assign=True)
     return module.eval().requires_grad_(False)
 
 
-def build(cls, config, state_dict: dict, what: str, prefix: str) -> nn.Module:
+def build(cls, config, state_dict: dict, what: str, prefix: str, config_source: str | None = None) -> nn.Module:
     """``cls(config)`` on the meta device, then :func:`load_into` it."""
     with torch.device("meta"):
         module = cls(config)
-    return load_into(module, state_dict, what, prefix)
+    return load_into(module, state_dict, what, prefix, config_source)
 
 
-def build_clip(config, state_dict: dict, with_projection: bool, what: str, prefix: str) -> nn.Module:
+def build_clip(config, state_dict: dict, with_projection: bool, what: str, prefix: str,
+               config_source: str | None = None, file_name=None) -> nn.Module:
     """A transformers CLIP text model from its ``CLIPTextConfig`` and transformers-layout weights."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -54,7 +74,8 @@ def build_clip(config, state_dict: dict, with_projection: bool, what: str, prefi
     state_dict = {clip_key(k, wrapped): v for k, v in state_dict.items() if "position_ids" not in k}
     if not with_projection:
         state_dict.pop("text_projection.weight", None)
-    load_into(model, state_dict, what, prefix)
+    load_into(model, state_dict, what, prefix, config_source,
+              file_name and (lambda name: file_name(clip_key(name, True))))
     materialize_position_ids(model)
     return model
 
@@ -80,6 +101,21 @@ def token_ids(tokenizer) -> dict:
 
 def prediction_name(name: str) -> str:
     """"eps" or "v" from our or diffusers' spelling (``epsilon``, ``v_prediction``)."""
-    if name not in _PREDICTION_NAMES:
-        raise ValueError(f"prediction_type={name!r}: use 'eps' or 'v' (diffusers: 'epsilon', 'v_prediction').")
+    if not isinstance(name, str) or name not in _PREDICTION_NAMES:
+        raise SettingsError("prediction_type", f"prediction_type={name!r}: use 'eps' or 'v' (diffusers: 'epsilon', "
+                            "'v_prediction').")
     return _PREDICTION_NAMES[name]
+
+
+def check_schedule_values(source, timesteps, start, end, keys=("timesteps", "linear_start", "linear_end")) -> None:
+    """CheckpointError naming ``source`` and the key unless the noise schedule's values make sense:
+    an integer number of training steps >= 2 and betas with 0 < start < end < 1 (SD: 1000, 0.00085, 0.012)."""
+    if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 2:
+        raise CheckpointError(f"{source}: {keys[0]}={timesteps!r} must be a whole number of training steps >= 2 "
+                              "(1000 for Stable Diffusion).")
+    for key, value in zip(keys[1:], (start, end)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1:
+            raise CheckpointError(f"{source}: {key}={value!r} must be a number between 0 and 1 "
+                                  "(Stable Diffusion: 0.00085 and 0.012).")
+    if not start < end:
+        raise CheckpointError(f"{source}: {keys[1]}={start!r} must be smaller than {keys[2]}={end!r}.")

@@ -204,17 +204,78 @@ class OriginalConfig:
     unet_params: dict | None = None
 
 
+#: CompVis ``parameterization`` values this package can sample ("x0" models are not Stable Diffusion).
+_PARAMETERIZATIONS = {"eps": "eps", "v": "v"}
+
+
 def read_original_yaml(path) -> OriginalConfig:
-    """Parse a CompVis / sgm inference YAML (``model.params``)."""
+    """Parse a CompVis / sgm inference YAML (``model.params``).
+
+    Every problem is one :class:`CheckpointError` naming the file and the key: unreadable or non-text
+    files, YAML syntax errors (with the line), a document that is not a mapping, values of the wrong
+    type, and a ``parameterization`` other than eps or v (refused, never mapped to eps).
+    """
     import yaml
 
-    params = (yaml.safe_load(Path(path).read_text()) or {}).get("model", {}).get("params", {})
-    unet = (params.get("unet_config") or params.get("network_config") or {}).get("params")
-    return OriginalConfig(
-        prediction_type="v" if params.get("parameterization") == "v" else "eps",
-        scale_factor=params.get("scale_factor"), linear_start=params.get("linear_start", SD_BETA_RANGE[0]),
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such YAML file" + (" (it is a folder)" if path.is_dir() else "") + ".")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not a text file, so not a YAML config; give the model's inference .yaml "
+                              "(v1-inference.yaml, v2-inference-v.yaml, ...).") from None
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise CheckpointError(f"{path}: invalid YAML{where} ({problem}); fix the file or fetch it again.") from None
+    if document is None:
+        document = {}
+    params = _mapping(path, "the document", document)
+    params = _mapping(path, "model", params.get("model", {}))
+    params = _mapping(path, "model.params", params.get("params", {}))
+    network_key = "model.params.unet_config" if "unet_config" in params else "model.params.network_config"
+    network = _mapping(path, network_key, params.get("unet_config") or params.get("network_config") or {})
+    unet = network.get("params")
+    if unet is not None:
+        unet = _mapping(path, network_key + ".params", unet)
+        for key in ("in_channels", "out_channels", "model_channels", "context_dim", "num_res_blocks", "num_heads",
+                    "num_head_channels"):
+            value = unet.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value == 0
+                                      or value < -1 or value == -1 and key not in ("num_heads", "num_head_channels")):
+                raise CheckpointError(f"{path}: {network_key}.params.{key}={value!r} must be a positive whole number"
+                                      + (" (or -1: unused)." if key.startswith("num_head") else "."))
+    parameterization = params.get("parameterization", "eps")
+    if parameterization not in _PARAMETERIZATIONS:
+        raise CheckpointError(f"{path}: model.params.parameterization={parameterization!r} is not supported; "
+                              "Stable Diffusion models use 'eps' or 'v'.")
+    scale_factor = params.get("scale_factor")
+    if scale_factor is not None and (isinstance(scale_factor, bool) or not isinstance(scale_factor, (int, float))
+                                     or not 0 < scale_factor < float("inf")):
+        raise CheckpointError(f"{path}: model.params.scale_factor={scale_factor!r} must be a positive number "
+                              "(0.18215 for SD 1.x/2.x, 0.13025 for SDXL).")
+    config = OriginalConfig(
+        prediction_type=_PARAMETERIZATIONS[parameterization],
+        scale_factor=None if scale_factor is None else float(scale_factor),
+        linear_start=params.get("linear_start", SD_BETA_RANGE[0]),
         linear_end=params.get("linear_end", SD_BETA_RANGE[1]), timesteps=params.get("timesteps", 1000), unet_params=unet,
     )
+    from .building import check_schedule_values
+
+    check_schedule_values(path, config.timesteps, config.linear_start, config.linear_end,
+                          tuple(f"model.params.{k}" for k in ("timesteps", "linear_start", "linear_end")))
+    return config
+
+
+def _mapping(path: Path, key: str, value) -> dict:
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: {key} must be a mapping of settings, got a {type(value).__name__} "
+                              f"({str(value)[:40]!r}); is this the model's inference YAML?")
+    return value
 
 
 def apply_metadata_heads(config: UNetConfig, num_heads: int | None, num_head_channels: int | None) -> UNetConfig:

@@ -20,7 +20,7 @@ from ..models.vae import AutoencoderKL
 from ..precision import default_dtype
 from ..schedules import DIFFUSERS_NAMES, SD_BETA_RANGE, NoiseSchedule
 from . import diffusers_layout as layout
-from .building import DIFFUSERS_PREDICTION, build, build_clip, prediction_name
+from .building import DIFFUSERS_PREDICTION, build, build_clip, check_schedule_values, prediction_name
 from .hub import resolve_folder
 from .io import load_state_dict, save_state_dict
 from .tokenizers import load_tokenizer
@@ -44,22 +44,58 @@ def load_diffusers_folder(cls, folder_or_hub_id, torch_dtype: torch.dtype | None
     from ..stable_diffusion import StableDiffusionConfig
 
     root = resolve_folder(folder_or_hub_id)
+    if root.is_file():
+        raise CheckpointError(f"{root}: a file, not a diffusers folder; load single files with from_single_file "
+                              "(--ckpt on the command line).")
     family = _folder_family(read_json(root / "model_index.json"), root)
-    unet_config = layout.unet_config_from_diffusers(read_json(root / "unet" / "config.json"))
-    vae_json = read_json(root / "vae" / "config.json")
-    vae_config = layout.vae_config_from_diffusers(vae_json)
-    scheduler = read_json(root / "scheduler" / "scheduler_config.json")
-    config = StableDiffusionConfig(
-        family, unet_config, vae_config,
-        prediction_name(prediction_type or scheduler.get("prediction_type", "epsilon")),
-        vae_json.get("scaling_factor", SCALE_FACTORS[family]),
-    )
-    unet_sd = layout.unet_from_diffusers(load_state_dict(weights_file(root / "unet")), unet_config)
-    vae_sd = layout.vae_from_diffusers(load_state_dict(weights_file(root / "vae")), vae_config)
-    model = cls(config, build(UNetModel, unet_config, unet_sd, "UNet", "unet/"),
-                build(AutoencoderKL, vae_config, vae_sd, "VAE", "vae/"),
-                _folder_prompt_encoder(root, family), _schedule_from_scheduler(scheduler))
-    return model.to(device, torch_dtype or default_dtype(device))
+    unet_path, vae_path = root / "unet" / "config.json", root / "vae" / "config.json"
+    unet_config = _parsed(unet_path, layout.unet_config_from_diffusers, read_json(unet_path))
+    vae_json = read_json(vae_path)
+    vae_config = _parsed(vae_path, layout.vae_config_from_diffusers, vae_json)
+    scheduler_path = root / "scheduler" / "scheduler_config.json"
+    scheduler = read_json(scheduler_path)
+    prediction = prediction_type or scheduler.get("prediction_type", "epsilon")
+    if prediction_type is None and prediction not in ("epsilon", "v_prediction"):
+        raise CheckpointError(f"{scheduler_path}: prediction_type={prediction!r} is not supported; Stable Diffusion "
+                              "models predict 'epsilon' or 'v_prediction'.")
+    scale = vae_json.get("scaling_factor", SCALE_FACTORS[family])
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+        raise CheckpointError(f"{vae_path}: scaling_factor={scale!r} must be a positive number (0.18215 for SD 1/2).")
+    config = StableDiffusionConfig(family, unet_config, vae_config, prediction_name(prediction), float(scale))
+    dtype = torch_dtype or default_dtype(device)  # weights are converted as read (checkpoints.io)
+    unet_weights, vae_weights = weights_file(root / "unet"), weights_file(root / "vae")
+    unet_sd = _parsed(unet_weights, lambda w: layout.unet_from_diffusers(w, unet_config),
+                      load_state_dict(unet_weights, dtype=dtype), unet_path)
+    vae_sd = _parsed(vae_weights, lambda w: layout.vae_from_diffusers(w, vae_config),
+                     load_state_dict(vae_weights, dtype=dtype), vae_path)
+    model = cls(config, build(UNetModel, unet_config, unet_sd, "UNet", "unet/", str(root / "unet" / "config.json")),
+                build(AutoencoderKL, vae_config, vae_sd, "VAE", "vae/", str(root / "vae" / "config.json")),
+                _folder_prompt_encoder(root, family, dtype), _schedule_from_scheduler(scheduler, scheduler_path))
+    return model.to(device, dtype)
+
+
+def _parsed(path: Path, parse, data, config: Path | None = None):
+    """``parse(data)``, a missing key or a value of the wrong type becoming a CheckpointError naming ``path``
+    (and, for weights, the ``config`` they were read against)."""
+    try:
+        return parse(data)
+    except KeyError as exc:
+        if config is not None:
+            raise CheckpointError(f"{path}: has no tensor {exc.args[0]!r}, which {config} implies; the config "
+                                  "contradicts the weights (or the weights are incomplete).") from None
+        raise CheckpointError(f"{path}: missing key {exc.args[0]!r}; the config is incomplete, fetch it again.") from None
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError, *_library_config_errors()) as exc:
+        raise CheckpointError(f"{path}: a value has the wrong type or is impossible ({str(exc).splitlines()[0]}); "
+                              "fix or fetch the file again.") from None
+
+
+def _library_config_errors() -> tuple:
+    """transformers 5 validates configs through huggingface_hub's strict dataclasses (not ValueErrors)."""
+    try:
+        from huggingface_hub.errors import StrictDataclassError
+    except ImportError:  # older huggingface_hub: plain TypeErrors
+        return ()
+    return (StrictDataclassError,)
 
 
 def weights_file(folder: Path) -> Path:
@@ -72,10 +108,19 @@ def weights_file(folder: Path) -> Path:
 
 
 def read_json(path: Path) -> dict:
-    """A diffusers config file; CheckpointError naming it when it is missing."""
+    """A diffusers config file; CheckpointError naming it when it is missing, malformed or not an object."""
     if not path.is_file():
         raise CheckpointError(f"{path}: missing; a diffusers folder needs it (is this the model's root folder?).")
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not a text file; a diffusers config is JSON text, fetch it again.") from None
+    except json.JSONDecodeError as exc:
+        raise CheckpointError(f"{path}: malformed JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}); "
+                              "fix or fetch the file again.") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: holds a JSON {type(data).__name__}, not an object of settings; fetch it again.")
+    return data
 
 
 def _folder_family(model_index: dict, root: Path) -> str:
@@ -90,16 +135,18 @@ def _folder_family(model_index: dict, root: Path) -> str:
     return "sd2" if text_config.get("hidden_act") == "gelu" else "sd1"
 
 
-def _schedule_from_scheduler(scheduler: dict) -> NoiseSchedule:
-    name = DIFFUSERS_NAMES.get(scheduler.get("beta_schedule", "scaled_linear"))
+def _schedule_from_scheduler(scheduler: dict, path: Path) -> NoiseSchedule:
+    name = DIFFUSERS_NAMES.get(str(scheduler.get("beta_schedule", "scaled_linear")))
     if name is None:
-        raise CheckpointError(f"unsupported beta_schedule {scheduler.get('beta_schedule')!r} in scheduler_config.json.")
-    return NoiseSchedule.from_name(name, scheduler.get("num_train_timesteps", 1000),
-                                   linear_start=scheduler.get("beta_start", SD_BETA_RANGE[0]),
-                                   linear_end=scheduler.get("beta_end", SD_BETA_RANGE[1]))
+        raise CheckpointError(f"{path}: unsupported beta_schedule {scheduler.get('beta_schedule')!r}; use one of "
+                              f"{', '.join(DIFFUSERS_NAMES)}.")
+    steps = scheduler.get("num_train_timesteps", 1000)
+    start, end = scheduler.get("beta_start", SD_BETA_RANGE[0]), scheduler.get("beta_end", SD_BETA_RANGE[1])
+    check_schedule_values(path, steps, start, end, ("num_train_timesteps", "beta_start", "beta_end"))
+    return NoiseSchedule.from_name(name, steps, linear_start=start, linear_end=end)
 
 
-def _folder_prompt_encoder(root: Path, family: str) -> PromptEncoder:
+def _folder_prompt_encoder(root: Path, family: str, dtype: torch.dtype | None = None) -> PromptEncoder:
     from transformers import CLIPTextConfig
 
     specs = TEXT_SPECS[family]
@@ -107,10 +154,11 @@ def _folder_prompt_encoder(root: Path, family: str) -> PromptEncoder:
     for index, spec in enumerate(specs):
         suffix = f"_{index + 1}" if index else ""
         folder = root / f"text_encoder{suffix}"
-        read_json(folder / "config.json")  # a clear error if it is missing
-        config = CLIPTextConfig.from_pretrained(str(folder))
-        weights = load_state_dict(weights_file(folder))
-        encoders.append(build_clip(config, weights, spec.pooled, "text encoder", f"text_encoder{suffix}/"))
+        config_path = folder / "config.json"
+        config = _parsed(config_path, lambda data: CLIPTextConfig(**data), read_json(config_path))
+        weights = load_state_dict(weights_file(folder), dtype=dtype)
+        encoders.append(_parsed(config_path, lambda w: build_clip(config, w, spec.pooled, "text encoder",
+                                                                  f"text_encoder{suffix}/", str(config_path)), weights))
         tokenizers.append(load_tokenizer(root / f"tokenizer{suffix}"))
         tokenizers[-1].model_max_length = config.max_position_embeddings  # 77 for every release
     return PromptEncoder(tokenizers, encoders, specs)

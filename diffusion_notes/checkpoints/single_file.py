@@ -9,6 +9,7 @@ shapes cannot tell. Counterparts: diffusers ``from_single_file``; CompVis ``load
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -22,6 +23,7 @@ from ..models.vae import AutoencoderKL
 from ..precision import default_dtype
 from ..schedules import NoiseSchedule
 from . import detect
+from .consistency import check_sibling_sizes
 from .building import build, build_clip, clip_state_dict, prediction_name, token_ids
 from .diffusers_folder import refuse_existing
 from .io import load_state_dict, pick_ema, save_state_dict
@@ -43,10 +45,19 @@ def load_single_file(cls, path, config=None, tokenizer=None, prediction_type: st
     see :meth:`StableDiffusion.from_single_file`."""
     from ..stable_diffusion import StableDiffusionConfig
 
-    state_dict = pick_ema(load_state_dict(path), use_ema)
-    meta = from_header(read_header(path), path)
-    arch = detect.detect_architecture(state_dict)
+    dtype = torch_dtype or default_dtype(device)
+    if prediction_type is not None:
+        prediction_name(prediction_type)  # a bad name fails before the weights are read
     yaml = detect.read_original_yaml(config) if config is not None else detect.OriginalConfig()
+    # Converted as read, tensor by tensor (checkpoints.io); EMA copies that will not be used are never read.
+    state_dict = pick_ema(load_state_dict(path, dtype=dtype, skip=None if use_ema else _is_unused_ema), use_ema)
+    check_sibling_sizes(state_dict, path)
+    try:
+        arch = detect.detect_architecture(state_dict)
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: lacks the tensor {exc.args[0]!r} that the architecture is read from; the "
+                              "file is incomplete or not a Stable Diffusion checkpoint.") from None
+    meta = from_header(read_header(path), path)
     # Precedence for what shapes cannot show: arguments, then the YAML, then the file's metadata, then the family.
     unet_config = detect.apply_metadata_heads(arch.unet, meta.num_heads, meta.num_head_channels)
     unet_config = detect.apply_yaml_unet(unet_config, yaml.unet_params, config)
@@ -56,8 +67,15 @@ def load_single_file(cls, path, config=None, tokenizer=None, prediction_type: st
         yaml.scale_factor or meta.scale_factor or SCALE_FACTORS[arch.family], meta.native_size,
     )
     tokenizers = single_file_tokenizers(arch.family, tokenizer)
-    unet = build(UNetModel, unet_config, detect.strip_prefix(state_dict, detect.UNET_PREFIX), "UNet",
-                 detect.UNET_PREFIX)
+    try:
+        unet = build(UNetModel, unet_config, detect.strip_prefix(state_dict, detect.UNET_PREFIX), "UNet",
+                     detect.UNET_PREFIX, str(config) if config is not None else None)
+    except (AssertionError, ZeroDivisionError, ValueError) as exc:  # heads that do not divide the widths
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{config}: its attention heads (num_heads / num_head_channels) do not fit the "
+                              f"weights' widths ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                              "this YAML describes another model.") from None
     # Training checkpoints keep the autoencoder's LPIPS/discriminator loss under first_stage_model.loss.
     vae_sd = {k: v for k, v in detect.strip_prefix(state_dict, detect.VAE_PREFIX).items() if not k.startswith("loss.")}
     vae = build(AutoencoderKL, arch.vae, vae_sd, "VAE", detect.VAE_PREFIX)
@@ -66,7 +84,11 @@ def load_single_file(cls, path, config=None, tokenizer=None, prediction_type: st
     schedule = NoiseSchedule.from_name("scaled_linear", yaml.timesteps, linear_start=yaml.linear_start,
                                        linear_end=yaml.linear_end)
     model = cls(sd_config, unet, vae, PromptEncoder(tokenizers, encoders, TEXT_SPECS[arch.family]), schedule)
-    return model.to(device, torch_dtype or default_dtype(device))
+    return model.to(device, dtype)
+
+
+def _is_unused_ema(name: str) -> bool:
+    return name.startswith("model_ema.")
 
 
 def _folder_text_heads(tokenizer, count: int) -> tuple[int, ...] | None:
@@ -103,9 +125,28 @@ def _text_encoders(state_dict: dict, family: str, tokenizers: list,
         kwargs |= token_ids(tokenizers[index])
         if family == "sd2":
             weights, kwargs = _drop_last_layer(weights, kwargs)
-        encoders.append(build_clip(CLIPTextConfig(**kwargs), weights, spec.pooled, "text encoder", prefix))
+        names = _openclip_file_name(prefix) if prefix.endswith(".model.") else (lambda name: prefix + name)
+        encoders.append(build_clip(CLIPTextConfig(**kwargs), weights, spec.pooled, "text encoder", prefix,
+                                   file_name=names))
         tokenizers[index].model_max_length = kwargs["max_position_embeddings"]  # 77 for every release
     return encoders
+
+
+def _openclip_file_name(prefix: str):
+    """transformers CLIP name -> the open_clip name the file stores (q/k/v: their fused ``in_proj``)."""
+    qkv = re.compile(r"text_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)")
+
+    def name(transformers_name: str) -> str:
+        match = qkv.fullmatch(transformers_name)
+        if match:
+            layer, part, kind = match.groups()
+            return f"{prefix}transformer.resblocks.{layer}.attn.in_proj_{kind} (its {part} third)"
+        try:
+            return next(iter(transformers_to_openclip({transformers_name: torch.empty(0)}, prefix=prefix)))
+        except CheckpointError:
+            return prefix + transformers_name
+
+    return name
 
 
 def _drop_last_layer(weights: dict, kwargs: dict) -> tuple[dict, dict]:

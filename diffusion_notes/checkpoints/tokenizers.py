@@ -34,7 +34,11 @@ def load_tokenizer(folder, pad_token: str | None = None):
         raise CheckpointError(f"{folder}: no CLIP tokenizer here (needs tokenizer.json, or vocab.json and "
                               "merges.txt); pass a tokenizer folder or a diffusers model folder.")
     overrides = {"pad_token": pad_token} if pad_token else {}
-    return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77, **overrides)
+    try:
+        return CLIPTokenizer.from_pretrained(str(folder), model_max_length=77, **overrides)
+    except (OSError, ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:  # malformed vocab/merges/json
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{folder}: the tokenizer files cannot be read ({first[:160]}); fetch them again.") from None
 
 
 def hub_tokenizer(repo: str, subfolder: str, pad_token: str | None):

@@ -54,7 +54,7 @@ def ddpm_step(
     return posterior_mean + sigma_sq**0.5 * noise, pred_x0
 
 
-@register("ddpm", "DDPM", "DDPM Alg. 2: ancestral sampling from the posterior q(x_prev | x_t, x0_hat)",
+@register("ddpm", "DDPM", "DDPM Alg. 2: ancestral sampling from the posterior q(x_prev given x_t and x0_hat)",
           options={"ddpm_variance": "posterior", "clip_denoised": False}, stochastic=True,
           grid_defaults={"spacing": "leading", "steps_offset": 0, "set_alpha_to_one": True},
           choices={"ddpm_variance": DDPM_VARIANCES})

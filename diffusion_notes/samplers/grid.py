@@ -122,6 +122,8 @@ class SamplingGrid:
 
     def alpha_at(self, t) -> float:
         r""":math:`\bar\alpha` at any real timestep of the trained range (the table at integers)."""
+        if float(t) < 0:  # the end point sigma = 0 (timestep -1, alphas_cumprod_prev[0] = 1)
+            return 1.0
         sigma = float(t_to_sigma(t, self.train_sigmas))
         return float(self.train_alphas_cumprod[int(t)]) if float(t) == int(t) else 1 / (1 + sigma**2)
 

@@ -4,7 +4,9 @@ A sampler family's module (``ddim.py``, ``euler.py``, ...) decorates each of its
 :func:`register`; :func:`diffusion_notes.sampling.sample` looks the name up in :data:`SAMPLERS`,
 validates the options against the spec, builds the grid and runs the function. The command line's
 ``--sampler`` choices, the pipeline's AUTOMATIC1111 labels and the docs table are read from here, so
-adding a sampler is one new module (plus its tests) and one import line in ``samplers/__init__.py``.
+adding a sampler is one new module in ``samplers/`` (plus its tests): ``samplers/__init__.py`` imports
+every module of the folder. :func:`markdown_table` writes the table of registered samplers that
+``docs/formulas.md`` carries (a test keeps the two equal).
 
 The loop function's signature (k-diffusion style, ``sample_euler(model, x, sigmas, ...)``)::
 
@@ -27,7 +29,7 @@ from typing import Callable, Iterator, Mapping
 
 import torch
 
-__all__ = ["SAMPLERS", "SamplerSpec", "Step", "register"]
+__all__ = ["SAMPLERS", "SamplerSpec", "Step", "register", "markdown_table"]
 
 
 @dataclass(frozen=True)
@@ -92,3 +94,14 @@ def register(name: str, label: str, description: str, *, options: Mapping[str, o
         return fn
 
     return decorate
+
+
+def markdown_table() -> str:
+    """The registered samplers as a markdown table: name, AUTOMATIC1111 label, options, kind, description."""
+    rows = ["| sampler | A1111 label | options (defaults) | kind | what it is |", "|---|---|---|---|---|"]
+    for spec in SAMPLERS.values():
+        options = ", ".join(f"`{k}={v!r}`" for k, v in spec.options.items()) or "(none)"
+        kind = "stochastic" if spec.stochastic else "deterministic"
+        description = spec.description.replace("|", "\\|")
+        rows.append(f"| `{spec.name}` | {spec.label} | {options} | {kind} | {description} |")
+    return "\n".join(rows)

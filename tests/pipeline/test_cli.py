@@ -109,22 +109,22 @@ def _error_cases(folder, pictures):
     i2i = ["img2img", "--model", folder, "--init-img", image, "--ddim_steps", "4", "--device", "cpu"]
     inp = ["inpaint", "--model", folder, "--init-img", image, "--mask", mask, "--ddim_steps", "4", "--device", "cpu"]
     return {
-        "height": (txt + ["--H", "30"], "--H 30 is not a positive multiple of 8"),
-        "width": (txt + ["--W", "0"], "--W 0 is not a positive multiple of 8"),
-        "no steps": (txt + ["--ddim_steps", "0"], "--ddim_steps must be a positive"),
+        "height": (txt + ["--H", "31"], "--H 31 is not a multiple of 2 (the VAE's downsampling factor"),
+        "width": (txt + ["--W", "0"], "--W must be from 1 to"),
+        "no steps": (txt + ["--ddim_steps", "0"], "from 1 to 1000"),
         "too many steps": (txt + ["--ddim_steps", "1001"], "from 1 to 1000"),
         "steps past the end": (txt + ["--ddim_steps", "600"], "past the end of the 1000-step schedule"),
-        "eta": (txt + ["--ddim_eta", "-0.1"], "--ddim_eta must be >= 0"),
-        "eta with plms": (txt + ["--ddim_eta", "0.5"], "--ddim_eta applies to the DDIM sampler only"),
-        "scale": (txt + ["--scale", "-2"], "--scale (guidance scale) must be >= 0"),
-        "strength": (i2i + ["--strength", "1.5"], "--strength must be between 0"),
-        "strength 1 compvis": (i2i + ["--strength", "1"], "--strength-rule diffusers"),
+        "eta": (txt + ["--ddim", "--ddim_eta", "-0.1"], "--ddim_eta must be >= 0"),
+        "eta with plms": (txt + ["--ddim_eta", "0.5"], "--ddim_eta applies to the ddim sampler only"),
+        "scale": (txt + ["--scale", "-2"], "--scale must be >= 0.0, got -2.0 (1 = no guidance"),
+        "strength": (i2i + ["--strength", "1.5"], "--strength must be between 0.0 and 1.0"),
+        "strength 1 compvis": (i2i + ["--strength", "1"], "--strength-rule: strength 1.0 with the compvis rule"),
         "empty prompt file": (txt + ["--from-file", str(empty)], "has no prompts"),
         "missing prompt file": (txt + ["--from-file", str(pictures / "nope.txt")], "cannot read the prompt file"),
         "binary prompt file": (txt + ["--from-file", str(binary)], "cannot read the prompt file"),
         "mask size": (inp[:-4] + ["--mask", str(pictures / "small-mask.png"), "--device", "cpu"],
                       "--init-img is 32x32 but --mask is 32x16"),
-        "missing image": (i2i + ["--init-img", str(pictures / "nope.png")], "cannot read the --init-img image"),
+        "missing image": (i2i + ["--init-img", str(pictures / "nope.png")], "nope.png' does not exist"),
         "missing checkpoint": (["txt2img", "--ckpt", str(pictures / "nope.ckpt"), "--device", "cpu"],
                                "no such checkpoint file"),
         "empty checkpoint": (["txt2img", "--ckpt", str(pictures / "not-a-model.safetensors"), "--device", "cpu"],
@@ -136,6 +136,7 @@ def _error_cases(folder, pictures):
         "two models": (["txt2img", "--ckpt", str(pictures / "nope.ckpt"), "--model", folder, "--device", "cpu"],
                        "give one model"),
         "outdir is a file": (txt + ["--outdir", str(empty)], "is a file, not a folder"),
+        "outdir below a file": (txt + ["--outdir", str(empty / "sub")], "cannot be created: "),
         "unknown flag": (txt + ["--steps", "4"], "unrecognized arguments: --steps"),
         "inpainting model for txt2img": (["txt2img", "--model", folder.replace("sd1", "sd1-inpaint"), "--H", "32",
                                           "--W", "32", "--device", "cpu"], "inpainting checkpoint"),
@@ -147,6 +148,7 @@ def _error_cases(folder, pictures):
 def test_every_user_error_is_one_line_exit_2_and_writes_nothing(tiny, pictures, capsys):
     tiny("sd1-inpaint")
     folder = str(tiny("sd1")[0])
+    capsys.readouterr()  # building the tiny models prints progress bars
     for name, (argv, message) in _error_cases(folder, pictures).items():
         out = pictures / f"out-{name.replace(' ', '-')}"
         if "--outdir" not in argv:
@@ -188,7 +190,6 @@ def test_out_of_gpu_memory_names_the_memory_options(tiny, tmp_path, capsys, monk
 
 def test_module_entry_point(tmp_path):
     """The dispatcher runs the command in a fresh interpreter: exit status 2 and one line for a bad size."""
-    done = subprocess.run([sys.executable, "-m", "diffusion_notes", "txt2img", "--model", str(tmp_path), "--H", "31"],
+    done = subprocess.run([sys.executable, "-m", "diffusion_notes", "txt2img", "--model", str(tmp_path), "--H", "0"],
                           capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2 and done.stderr.strip() == "error: --H 31 is not a positive multiple of 8 (the VAE " \
-        "works on 8x8 pixel blocks); use 32"
+    assert done.returncode == 2 and done.stderr.strip() == "error: --H must be from 1 to 1048576, got 0 (pixels)"

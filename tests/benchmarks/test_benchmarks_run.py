@@ -1,0 +1,64 @@
+"""Smoke tests of benchmarks/: each runs at tiny sizes and prints its table. No time is checked
+(timings are never asserted; the measured figures live in docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def _rows(out: str) -> list[list[str]]:
+    lines = out.strip().splitlines()
+    assert lines[1].startswith("|--"), out
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_unet_forward_benchmark_prints_its_table(capsys):
+    from benchmarks import unet_forward
+
+    out = unet_forward.main(["--size", "tiny", "--sides", "8", "--repeats", "1", "--warmup", "0", "--threads", "1",
+                             "--precisions", "fp32", "bf16"])
+    rows = _rows(out)
+    assert [row[1].split()[0] for row in rows] == ["fp32", "bf16"]
+    assert float(rows[0][-1]) < 1e-5  # the same tensors through both UNets: equal outputs in fp32
+    assert "ours/diffusers" in capsys.readouterr().out
+
+
+def test_sampler_overhead_benchmark_covers_every_registered_sampler():
+    from benchmarks import sampler_overhead
+
+    from diffusion_notes.samplers import SAMPLERS
+
+    out = sampler_overhead.main(["--size", "tiny", "--side", "8", "--steps", "4", "--repeats", "1",
+                                 "--unet-repeats", "1", "--threads", "1"])
+    assert [row[0] for row in _rows(out)] == list(SAMPLERS)
+
+
+def test_loading_benchmark_runs_fresh_processes_and_prints_its_table(tmp_path):
+    from benchmarks import loading
+
+    loading.make(tmp_path, size="tiny")
+    out = loading.run(tmp_path, rounds=1, names=["ours fp32", "diffusers fp32"], side=8, threads=1)
+    rows = _rows(out)
+    assert [row[0] for row in rows] == ["ours fp32", "diffusers fp32"]
+    assert all(float(row[4]) > 0 for row in rows)  # a peak RSS was read for each child
+
+
+def test_gpu_benchmark_dry_run_writes_its_json_and_table(tmp_path):
+    import json
+
+    from benchmarks import gpu
+
+    gpu.main(["--dry-run", "--out", str(tmp_path), "--repeats", "1"])
+    report = json.loads((tmp_path / "gpu.json").read_text())
+    measured = [r for r in report["results"] if "skipped" not in r]
+    assert {r["family"] for r in measured} == {"sd1", "sdxl"} and {r["batch"] for r in measured} == {1, 4}
+    assert all(r["ours"]["images_per_s"] > 0 and r["diffusers"]["images_per_s"] > 0 for r in measured)
+    assert (tmp_path / "gpu.md").read_text().startswith("| model")
