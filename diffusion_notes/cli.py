@@ -92,7 +92,7 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", default="", help="what to steer away from (replaces '' in the guidance)")
     p.add_argument("--from-file", help="a text file with one prompt per line (instead of --prompt)")
 
-    model = p.add_argument_group("model (one of --ckpt / --model)")
+    model = p.add_argument_group("model (one of --ckpt / --model; neither: the shipped 32x32 digits miniature)")
     model.add_argument("--ckpt", help="an original single-file checkpoint (.safetensors or .ckpt)")
     model.add_argument("--config", help="its original inference YAML (v1-inference.yaml, v2-inference-v.yaml, ...)")
     model.add_argument("--model", help="a diffusers folder (with model_index.json) or a Hugging Face hub id")
@@ -264,9 +264,9 @@ def _dtype(precision: str, device):
 
 
 def _check_model_source(args) -> None:
-    if bool(args.ckpt) == bool(args.model):
-        raise UsageError("--ckpt", "give exactly one model: --ckpt path/to/model.safetensors or --model "
-                         "path/to/diffusers-folder")
+    if args.ckpt and args.model:  # neither: the shipped miniature (mini-sd)
+        raise UsageError("--ckpt", "give one model: --ckpt path/to/model.safetensors or --model "
+                         "path/to/diffusers-folder, not both")
     if args.ckpt:
         path = Path(args.ckpt)
         if path.is_dir():
@@ -311,7 +311,7 @@ def _check_sizes_before_loading(args, command: str, image, prompts: list[str]) -
     from .checkpoints.peek import peek_vae
     from .settings import ImageSize, MemoryOptions, check_fits_in_memory
 
-    geometry = peek_vae(args.ckpt or args.model)
+    geometry = peek_vae(args.ckpt or args.model or _default_weights())
     height, width = (args.H, args.W) if command == "txt2img" else tuple(image.shape[-2:])
     if height is None and width is None:
         return  # the model's default size
@@ -336,7 +336,19 @@ def _load(args, device, dtype):
     if args.ckpt:
         return StableDiffusion.from_single_file(args.ckpt, config=args.config, tokenizer=args.tokenizer,
                                                 torch_dtype=dtype, device=device)
-    return StableDiffusion.from_pretrained(args.model, torch_dtype=dtype, device=device)
+    if args.model:
+        return StableDiffusion.from_pretrained(args.model, torch_dtype=dtype, device=device)
+    # --- mini-sd: neither --ckpt nor --model: the miniature shipped with the package (mini_sd/MODEL_CARD.md)
+    from .mini_sd import load_mini_sd
+
+    return load_mini_sd(torch_dtype=dtype, device=device)
+
+
+def _default_weights() -> str:
+    """The shipped miniature's single file (mini-sd), the model when neither --ckpt nor --model is given."""
+    from .mini_sd import weights_path
+
+    return str(weights_path())
 
 
 def _generate(sd, command: str, args, sampler: str, prompt: str, seed: int, image, mask):
@@ -378,6 +390,10 @@ def _next_number(folder: Path, pattern: str) -> int:
 
 
 def _model_name(args) -> str:
+    if not (args.ckpt or args.model):  # mini-sd: the shipped default
+        from .mini_sd import MODEL_NAME
+
+        return MODEL_NAME
     return Path(args.ckpt).stem if args.ckpt else Path(args.model.rstrip("/")).name
 
 
@@ -399,7 +415,12 @@ def _run(command: str, args, progress: _Progress) -> int:
     device = _device(args.device)
     sd = _load(args, device, _dtype(args.precision, device))
     _check_against_model(sd, args, command, sampler, image)
-    if device.type == "cpu":
+    if not (args.ckpt or args.model):  # mini-sd: say which model the default is
+        print(f"using the shipped miniature {_model_name(args)} (32x32 handwritten digits, prompts such as "
+              "\"a handwritten seven\"); give --ckpt or --model for a real Stable Diffusion", file=sys.stderr)
+    from .pipeline import default_size
+
+    if device.type == "cpu" and max(default_size(sd)) >= 256:
         print("note: running on the CPU, which is slow: expect minutes per 512x512 image", file=sys.stderr)
 
     outdir, samples, model = Path(args.outdir), progress.samples, _model_name(args)

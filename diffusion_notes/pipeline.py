@@ -188,7 +188,12 @@ class Generation:
 
 
 def default_size(sd) -> tuple[int, int]:
-    """(height, width) each family was trained at: SD 1.x and 2.x-base 512, SD 2.x-768 (v) 768, SDXL 1024."""
+    """(height, width) the model was trained at: its own record (``config.native_size``, e.g. 32x32 for the
+    shipped miniature) when it has one, else its family's release: SD 1.x and 2.x-base 512, SD 2.x-768 (v)
+    768, SDXL 1024."""
+    native = getattr(sd.config, "native_size", None)
+    if native:
+        return tuple(native)
     if sd.family == "sdxl":
         return 1024, 1024
     if sd.family == "sd2" and sd.prediction_type == "v":
