@@ -178,7 +178,10 @@ md(r"""
 Every 150 steps: PLMS, 25 steps, guidance 5, one image per digit from the same $x_T$, prompts "a handwritten
 zero" ... "a handwritten nine", judged by the toy judge (logistic regression on the real 8x8 digits, applied after
 downsampling when the images are larger; `diffusion_notes.mini_sd.judge`). Its ceiling, on the real test digits,
-is printed first. Six hundred steps of a model this small make recognisable but imperfect digits.
+is printed first. What to expect from 600 steps of a model this small: noise turns into digit-shaped strokes,
+but *which* digit is not yet tied to the caption (agreement stays near chance, 10%). Learning the data
+distribution comes first; the conditioning comes later, through cross-attention to features that the text encoder
+is learning at the same time.
 """)
 code(r"""
 print(f"judge ceiling on real test digits at {SIZE}x{SIZE}: {judge.agreement(test_images, test_labels):.3f}")
@@ -204,8 +207,10 @@ for r, (step, arrays, agreement) in enumerate(rows):
 md(r"""
 The loss falls fast and then slowly: most of it comes from small $t$, where predicting $\epsilon$ from an almost
 clean latent is hard whatever the model does. The samples, not the loss, show when the conditioning has been
-learned. Guidance needs the unconditional branch learned from the 10% of empty captions; without guidance
-($s = 1$) the same model is less faithful to its prompt:
+learned, and here it has not: guidance ($s = 5$) cannot help a model whose conditional and unconditional
+predictions do not yet differ in a useful way. The shipped miniature below is the same recipe with a 4x larger
+UNet, 32x32 images and 1,000 steps of batch 64 (about 10 CPU minutes); there guidance raises the judge's agreement
+from 0.81 to 0.99 (its model card).
 """)
 code(r"""
 trained.eval().requires_grad_(False)
