@@ -213,7 +213,7 @@ def size_multiple(sd) -> int:
     return vae_factor(sd)
 
 
-def check_size(sd, height: int, width: int, what: str = "height and width") -> None:
+def check_size(sd, height: int, width: int) -> None:
     """SettingsError unless ``height`` and ``width`` are positive multiples of :func:`size_multiple`
     (:meth:`diffusion_notes.settings.ImageSize.validate`, the one size rule)."""
     ImageSize(height, width).validate(size_multiple(sd))
