@@ -190,13 +190,12 @@ def _pipeline_options(args, command: str, sampler: str) -> dict:
 def _check_settings(args, command: str, sampler: str, prompts: list[str]) -> None:
     """Every check that needs no model, through the settings objects' own validate()."""
     from .pipeline import sampler_settings
+    from .schedules import NoiseSchedule
     from .settings import Conditioning, OutputOptions, Seed, Strength
 
     options = _pipeline_options(args, command, sampler)
     Conditioning(prompts, args.negative_prompt, args.n_samples, args.scale).validate()
     # every released SD schedule has T = 1000 steps; checked again against the model's own after loading
-    from .schedules import NoiseSchedule
-
     sampler_settings(sampler, args.ddim_steps, args.schedule, eta=args.ddim_eta).grid(NoiseSchedule.stable_diffusion())
     Seed(args.seed).validate()
     if args.seed != -1 and args.seed + args.n_iter * len(prompts) - 1 > 2**32 - 1:
@@ -232,18 +231,14 @@ def _reason(exc: Exception) -> str:
 
 def _images(args, command: str):
     """The --init-img and --mask pictures, read and checked like every API image (images.image_to_tensor)."""
-    from .images import image_to_tensor, mask_to_tensor
+    from .images import check_image_and_mask, image_to_tensor, mask_to_tensor
 
     if command == "txt2img":
         return None, None
     image = image_to_tensor(args.init_img, "image")
     mask = mask_to_tensor(args.mask, "mask") if command == "inpaint" else None
-    if mask is not None and mask.shape[-2:] != image.shape[-2:]:
-        (h, w), (mh, mw) = image.shape[-2:], mask.shape[-2:]
-        raise UsageError("--mask", f"--init-img is {w}x{h} but --mask is {mw}x{mh}; they must be the same size")
-    if mask is not None and not mask.any():
-        raise UsageError("--mask", "--mask is black everywhere, so there is nothing to repaint; paint white where "
-                         "the image should change")
+    if mask is not None:
+        check_image_and_mask(image, mask)
     return image, mask
 
 

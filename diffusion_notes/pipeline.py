@@ -42,7 +42,14 @@ import torch.nn.functional as F
 
 from .errors import CheckpointError, SettingsError
 from .guidance import guided_eps_model
-from .images import array_to_pil, format_parameters, image_to_tensor, mask_to_tensor, tensor_to_array
+from .images import (
+    array_to_pil,
+    check_image_and_mask,
+    format_parameters,
+    image_to_tensor,
+    mask_to_tensor,
+    tensor_to_array,
+)
 from .noise import randn
 from .precision import default_dtype
 from .prompts import warn_if_truncated
@@ -206,7 +213,7 @@ def size_multiple(sd) -> int:
     return vae_factor(sd)
 
 
-def check_size(sd, height: int, width: int, what: str = "height and width") -> None:
+def check_size(sd, height: int, width: int) -> None:
     """SettingsError unless ``height`` and ``width`` are positive multiples of :func:`size_multiple`
     (:meth:`diffusion_notes.settings.ImageSize.validate`, the one size rule)."""
     ImageSize(height, width).validate(size_multiple(sd))
@@ -703,13 +710,7 @@ def inpaint(sd: DiffusionModel, image, mask, prompt, *, strength: float = INPAIN
     from the noised image (:func:`strength_timesteps`). The other keywords: those of :func:`txt2img`.
     """
     image, mask = image_to_tensor(image, "image"), mask_to_tensor(mask)
-    if image.shape[-2:] != mask.shape[-2:]:
-        (h, w), (mh, mw) = image.shape[-2:], mask.shape[-2:]
-        raise SettingsError("mask", f"the image is {w}x{h} but the mask is {mw}x{mh} (width x height); "
-                            "they must be the same size.")
-    if not mask.any():
-        raise SettingsError("mask", "the mask is black everywhere, so there is nothing to repaint; paint white (1) "
-                            "where the image should change")
+    check_image_and_mask(image, mask)
     size = _image_size(image)
     size.validate_image(vae_factor(sd))
     request = Request(

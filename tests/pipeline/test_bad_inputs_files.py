@@ -262,7 +262,7 @@ YAMLS = {
     "betas reversed": (lambda p: p.update(linear_start=0.02, linear_end=0.01), "must be smaller than"),
     "beta above one": (_set("linear_end", 2), "linear_end=2"),
     "in_channels contradicts the weights": (_set("in_channels", 9, "unet"), "in_channels=9 but the weights have 4"),
-    "heads do not divide the width": (_set("num_heads", 3, "unet"), "v1-inference.yaml needs"),
+    "heads do not divide the width": (_set("num_heads", 3, "unet"), "num_heads=3"),
 }
 
 

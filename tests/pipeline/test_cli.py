@@ -123,7 +123,7 @@ def _error_cases(folder, pictures):
         "missing prompt file": (txt + ["--from-file", str(pictures / "nope.txt")], "cannot read the prompt file"),
         "binary prompt file": (txt + ["--from-file", str(binary)], "cannot read the prompt file"),
         "mask size": (inp[:-4] + ["--mask", str(pictures / "small-mask.png"), "--device", "cpu"],
-                      "--init-img is 32x32 but --mask is 32x16"),
+                      "--mask: the image is 32x32 but the mask is 32x16"),
         "missing image": (i2i + ["--init-img", str(pictures / "nope.png")], "nope.png' does not exist"),
         "missing checkpoint": (["txt2img", "--ckpt", str(pictures / "nope.ckpt"), "--device", "cpu"],
                                "no such checkpoint file"),
