@@ -12,6 +12,7 @@ import sys
 COMMANDS = {
     "demo": ("diffusion_notes.demo", "sample a Gaussian mixture with DDPM/DDIM/PLMS and print the error table"),
     "train-toy": ("diffusion_notes.toy.train", "train the class-conditional digits DDPM shipped with the package"),
+    "train-mini-sd": ("diffusion_notes.mini_sd.train", "train the miniature Stable Diffusion (digits, 32x32) shipped with the package"),
     "txt2img": ("diffusion_notes.cli", "text-to-image with a Stable Diffusion checkpoint"),
     "img2img": ("diffusion_notes.cli", "image-to-image with a Stable Diffusion checkpoint"),
     "inpaint": ("diffusion_notes.cli", "inpainting with a Stable Diffusion checkpoint"),
@@ -20,7 +21,7 @@ COMMANDS = {
 
 def _usage() -> str:
     lines = ["usage: python -m diffusion_notes <command> [options]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<13} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "`python -m diffusion_notes <command> --help` describes a command's options."]
     return "\n".join(lines)
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from .errors import CheckpointError, SettingsError
 
-__all__ = ["main", "build_parser", "UsageError", "FLAGS"]
+__all__ = ["main", "build_parser", "pipeline_defaults", "UsageError", "FLAGS"]
 
 DEFAULT_PROMPT = "a painting of a virus monster playing guitar"  # CompVis's default
 OUTDIRS = {"txt2img": "outputs/txt2img-samples", "img2img": "outputs/img2img-samples",
@@ -70,13 +70,29 @@ class _Parser(argparse.ArgumentParser):
 # --------------------------------------------------------------------------------------------
 
 
+def pipeline_defaults(command: str) -> dict:
+    """The defaults of ``pipeline.<command>``'s keywords that flags stand for, from the settings objects
+    where they are defined (the pipeline's signatures read the same values): one place for each."""
+    from .sampling import SamplerSettings
+    from .settings import IMAGE_SAMPLER, IMG2IMG_STRENGTH, INPAINT_STRENGTH, Conditioning
+
+    defaults = dict(sampler=SamplerSettings.sampler if command == "txt2img" else IMAGE_SAMPLER,
+                    steps=SamplerSettings.steps, sigma_schedule=SamplerSettings.sigma_schedule,
+                    guidance_scale=Conditioning.guidance_scale, num_images=Conditioning.num_images)
+    strength = {"img2img": IMG2IMG_STRENGTH, "inpaint": INPAINT_STRENGTH}.get(command)
+    if strength is not None:
+        defaults.update(strength=strength.strength, strength_rule=strength.rule)
+    return defaults
+
+
 def build_parser(command: str) -> argparse.ArgumentParser:
+    defaults = pipeline_defaults(command)
     p = _Parser(prog=f"python -m diffusion_notes {command}", description=_DESCRIPTIONS[command])
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt to render")
     p.add_argument("--negative-prompt", default="", help="what to steer away from (replaces '' in the guidance)")
     p.add_argument("--from-file", help="a text file with one prompt per line (instead of --prompt)")
 
-    model = p.add_argument_group("model (one of --ckpt / --model)")
+    model = p.add_argument_group("model (one of --ckpt / --model; neither: the shipped 32x32 digits miniature)")
     model.add_argument("--ckpt", help="an original single-file checkpoint (.safetensors or .ckpt)")
     model.add_argument("--config", help="its original inference YAML (v1-inference.yaml, v2-inference-v.yaml, ...)")
     model.add_argument("--model", help="a diffusers folder (with model_index.json) or a Hugging Face hub id")
@@ -86,16 +102,17 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     from .samplers import SAMPLERS, SIGMA_SCHEDULES
 
     sampling.add_argument("--sampler", choices=list(SAMPLERS), metavar="NAME",
-                          help=f"the sampler: {', '.join(SAMPLERS)} (default plms"
-                          + (", ddim for img2img/inpaint)" if command != "txt2img" else ")"))
-    sampling.add_argument("--schedule", choices=list(SIGMA_SCHEDULES), default="default",
+                          help=f"the sampler: {', '.join(SAMPLERS)} (default {defaults['sampler']})")
+    sampling.add_argument("--schedule", choices=list(SIGMA_SCHEDULES), default=defaults["sigma_schedule"],
                           help="the noise levels visited: the model's own (default), karras (rho = 7) or exponential")
     sampling.add_argument("--plms", action="store_true", help="same as --sampler plms")
     sampling.add_argument("--ddim", action="store_true", help="same as --sampler ddim")
-    sampling.add_argument("--ddim_steps", type=int, default=50, help="number of sampling steps (default 50)")
+    sampling.add_argument("--ddim_steps", type=int, default=defaults["steps"],
+                          help=f"number of sampling steps (default {defaults['steps']})")
     sampling.add_argument("--ddim_eta", type=float, default=None,
                           help="eta of DDIM (default 0: deterministic, 1 DDPM-like) or of an ancestral sampler (default 1)")
-    sampling.add_argument("--scale", type=float, default=7.5, help="unconditional guidance scale (default 7.5)")
+    sampling.add_argument("--scale", type=float, default=defaults["guidance_scale"],
+                          help=f"unconditional guidance scale (default {defaults['guidance_scale']})")
     sampling.add_argument("--seed", type=int, default=42,
                           help="seed of the noise, 0 to 4294967295 (default 42; -1: a random one, reported)")
     if command == "txt2img":
@@ -103,16 +120,17 @@ def build_parser(command: str) -> argparse.ArgumentParser:
         sampling.add_argument("--W", type=int, help="image width in pixels (default: the model's, e.g. 512)")
     else:
         sampling.add_argument("--init-img", required=True, help="the starting image (its size is the output's)")
-        sampling.add_argument("--strength", type=float, default=0.75 if command == "img2img" else 1.0,
+        sampling.add_argument("--strength", type=float, default=defaults["strength"],
                               help="0 keeps the image, 1 starts from pure noise")
         sampling.add_argument("--strength-rule", choices=["compvis", "diffusers"],
-                              default="compvis" if command == "img2img" else "diffusers",
+                              default=defaults["strength_rule"],
                               help="how strength becomes steps (see pipeline.strength_timesteps)")
     if command == "inpaint":
         sampling.add_argument("--mask", required=True, help="white where the image is repainted, black where kept")
 
     output = p.add_argument_group("output")
-    output.add_argument("--n_samples", type=int, default=1, help="images per prompt in one batch (default 1)")
+    output.add_argument("--n_samples", type=int, default=defaults["num_images"],
+                        help=f"images per prompt in one batch (default {defaults['num_images']})")
     output.add_argument("--n_iter", type=int, default=1, help="batches per prompt (default 1)")
     output.add_argument("--outdir", default=OUTDIRS[command], help=f"where to write (default {OUTDIRS[command]})")
     output.add_argument("--allow-non-finite", action="store_true",
@@ -150,7 +168,7 @@ def _sampler(args, command: str) -> str:
     if len(set(chosen)) > 1:
         raise UsageError("--sampler", f"conflicting samplers {sorted(set(chosen))}; give one of --plms, --ddim or "
                          "--sampler")
-    return chosen[0] if chosen else ("plms" if command == "txt2img" else "ddim")
+    return chosen[0] if chosen else pipeline_defaults(command)["sampler"]
 
 
 def _pipeline_options(args, command: str, sampler: str) -> dict:
@@ -172,13 +190,12 @@ def _pipeline_options(args, command: str, sampler: str) -> dict:
 def _check_settings(args, command: str, sampler: str, prompts: list[str]) -> None:
     """Every check that needs no model, through the settings objects' own validate()."""
     from .pipeline import sampler_settings
+    from .schedules import NoiseSchedule
     from .settings import Conditioning, OutputOptions, Seed, Strength
 
     options = _pipeline_options(args, command, sampler)
     Conditioning(prompts, args.negative_prompt, args.n_samples, args.scale).validate()
     # every released SD schedule has T = 1000 steps; checked again against the model's own after loading
-    from .schedules import NoiseSchedule
-
     sampler_settings(sampler, args.ddim_steps, args.schedule, eta=args.ddim_eta).grid(NoiseSchedule.stable_diffusion())
     Seed(args.seed).validate()
     if args.seed != -1 and args.seed + args.n_iter * len(prompts) - 1 > 2**32 - 1:
@@ -214,18 +231,14 @@ def _reason(exc: Exception) -> str:
 
 def _images(args, command: str):
     """The --init-img and --mask pictures, read and checked like every API image (images.image_to_tensor)."""
-    from .images import image_to_tensor, mask_to_tensor
+    from .images import check_image_and_mask, image_to_tensor, mask_to_tensor
 
     if command == "txt2img":
         return None, None
     image = image_to_tensor(args.init_img, "image")
     mask = mask_to_tensor(args.mask, "mask") if command == "inpaint" else None
-    if mask is not None and mask.shape[-2:] != image.shape[-2:]:
-        (h, w), (mh, mw) = image.shape[-2:], mask.shape[-2:]
-        raise UsageError("--mask", f"--init-img is {w}x{h} but --mask is {mw}x{mh}; they must be the same size")
-    if mask is not None and not mask.any():
-        raise UsageError("--mask", "--mask is black everywhere, so there is nothing to repaint; paint white where "
-                         "the image should change")
+    if mask is not None:
+        check_image_and_mask(image, mask)
     return image, mask
 
 
@@ -251,9 +264,9 @@ def _dtype(precision: str, device):
 
 
 def _check_model_source(args) -> None:
-    if bool(args.ckpt) == bool(args.model):
-        raise UsageError("--ckpt", "give exactly one model: --ckpt path/to/model.safetensors or --model "
-                         "path/to/diffusers-folder")
+    if args.ckpt and args.model:  # neither: the shipped miniature (mini-sd)
+        raise UsageError("--ckpt", "give one model: --ckpt path/to/model.safetensors or --model "
+                         "path/to/diffusers-folder, not both")
     if args.ckpt:
         path = Path(args.ckpt)
         if path.is_dir():
@@ -298,7 +311,7 @@ def _check_sizes_before_loading(args, command: str, image, prompts: list[str]) -
     from .checkpoints.peek import peek_vae
     from .settings import ImageSize, MemoryOptions, check_fits_in_memory
 
-    geometry = peek_vae(args.ckpt or args.model)
+    geometry = peek_vae(args.ckpt or args.model or _default_weights())
     height, width = (args.H, args.W) if command == "txt2img" else tuple(image.shape[-2:])
     if height is None and width is None:
         return  # the model's default size
@@ -323,7 +336,27 @@ def _load(args, device, dtype):
     if args.ckpt:
         return StableDiffusion.from_single_file(args.ckpt, config=args.config, tokenizer=args.tokenizer,
                                                 torch_dtype=dtype, device=device)
-    return StableDiffusion.from_pretrained(args.model, torch_dtype=dtype, device=device)
+    if args.model:
+        return StableDiffusion.from_pretrained(args.model, torch_dtype=dtype, device=device)
+    # --- mini-sd: neither --ckpt nor --model: the miniature shipped with the package (mini_sd/MODEL_CARD.md).
+    # On the CPU it runs fastest in fp32 on one thread (measured on the 2-core reference machine: bf16 13x
+    # slower for convolutions this small, two OpenMP threads several times slower than one under load).
+    import torch
+
+    from .mini_sd import load_mini_sd
+
+    if device.type == "cpu":
+        torch.set_num_threads(1)
+        if args.precision == "auto":
+            dtype = torch.float32
+    return load_mini_sd(torch_dtype=dtype, device=device)
+
+
+def _default_weights() -> str:
+    """The shipped miniature's single file (mini-sd), the model when neither --ckpt nor --model is given."""
+    from .mini_sd import weights_path
+
+    return str(weights_path())
 
 
 def _generate(sd, command: str, args, sampler: str, prompt: str, seed: int, image, mask):
@@ -365,6 +398,10 @@ def _next_number(folder: Path, pattern: str) -> int:
 
 
 def _model_name(args) -> str:
+    if not (args.ckpt or args.model):  # mini-sd: the shipped default
+        from .mini_sd import MODEL_NAME
+
+        return MODEL_NAME
     return Path(args.ckpt).stem if args.ckpt else Path(args.model.rstrip("/")).name
 
 
@@ -386,7 +423,12 @@ def _run(command: str, args, progress: _Progress) -> int:
     device = _device(args.device)
     sd = _load(args, device, _dtype(args.precision, device))
     _check_against_model(sd, args, command, sampler, image)
-    if device.type == "cpu":
+    if not (args.ckpt or args.model):  # mini-sd: say which model the default is
+        print(f"using the shipped miniature {_model_name(args)} (32x32 handwritten digits, prompts such as "
+              "\"a handwritten seven\"); give --ckpt or --model for a real Stable Diffusion", file=sys.stderr)
+    from .pipeline import default_size
+
+    if device.type == "cpu" and max(default_size(sd)) >= 256:
         print("note: running on the CPU, which is slow: expect minutes per 512x512 image", file=sys.stderr)
 
     outdir, samples, model = Path(args.outdir), progress.samples, _model_name(args)

@@ -26,7 +26,7 @@ import torch
 
 from .errors import SettingsError
 
-__all__ = ["pil_to_tensor", "image_to_tensor", "mask_to_tensor", "tensor_to_array", "array_to_pil", "make_grid",
+__all__ = ["pil_to_tensor", "image_to_tensor", "mask_to_tensor", "check_image_and_mask", "tensor_to_array", "array_to_pil", "make_grid",
            "format_parameters", "parse_parameters", "save_png"]
 
 
@@ -119,8 +119,7 @@ def image_to_tensor(image, option: str = "image") -> torch.Tensor:
         raise SettingsError(option, f"{option} tensor holds NaN/inf; it must be finite values in [-1, 1]")
     low, high = float(image.min()), float(image.max())
     if low < -1 - 1e-3 or high > 1 + 1e-3:
-        hint = " (it looks like [0, 1]: use 2 * x - 1)" if low >= 0 and high <= 1 else \
-            " (it looks like 0..255: use x / 127.5 - 1)" if low >= 0 and high <= 255 else ""
+        hint = " (it looks like 0..255: use x / 127.5 - 1)" if low >= 0 and high <= 255 else ""
         raise SettingsError(option, f"{option} tensor values must lie in [-1, 1]; got [{low:.3g}, {high:.3g}]{hint}")
     return image.clamp(-1, 1)
 
@@ -154,6 +153,18 @@ def mask_to_tensor(mask, option: str = "mask") -> torch.Tensor:
     return (values >= 0.5).float()
 
 
+def check_image_and_mask(image: torch.Tensor, mask: torch.Tensor) -> None:
+    """SettingsError (``mask``) unless ``mask`` (from :func:`mask_to_tensor`) fits ``image`` (from
+    :func:`image_to_tensor`) and marks something to repaint."""
+    if image.shape[-2:] != mask.shape[-2:]:
+        (h, w), (mh, mw) = image.shape[-2:], mask.shape[-2:]
+        raise SettingsError("mask", f"the image is {w}x{h} but the mask is {mw}x{mh} (width x height); "
+                            "they must be the same size")
+    if not mask.any():
+        raise SettingsError("mask", "the mask is black everywhere, so there is nothing to repaint; paint white (1) "
+                            "where the image should change")
+
+
 def tensor_to_array(images: torch.Tensor) -> np.ndarray:
     """``(B, 3, H, W)`` in [-1, 1] -> ``(B, H, W, 3)`` float32 in [0, 1], clamped (diffusers ``postprocess``)."""
     return ((images.float() + 1.0) / 2.0).clamp(0.0, 1.0).permute(0, 2, 3, 1).cpu().numpy()
@@ -163,7 +174,8 @@ def array_to_pil(arrays: np.ndarray) -> list:
     """``(B, H, W, 3)`` floats in [0, 1] -> PIL images (diffusers ``numpy_to_pil``: ``round(255 x)``)."""
     from PIL import Image
 
-    return [Image.fromarray((a * 255.0).round().astype(np.uint8)) for a in arrays]
+    # NaN only reaches here when asked for (non_finite="warn"): it becomes 0, explicitly, not by a cast
+    return [Image.fromarray((np.nan_to_num(a, nan=0.0) * 255.0).round().astype(np.uint8)) for a in arrays]
 
 
 def make_grid(images: list, n_rows: int, padding: int = 2):

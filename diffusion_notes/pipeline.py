@@ -42,13 +42,23 @@ import torch.nn.functional as F
 
 from .errors import CheckpointError, SettingsError
 from .guidance import guided_eps_model
-from .images import array_to_pil, format_parameters, image_to_tensor, mask_to_tensor, tensor_to_array
+from .images import (
+    array_to_pil,
+    check_image_and_mask,
+    format_parameters,
+    image_to_tensor,
+    mask_to_tensor,
+    tensor_to_array,
+)
 from .noise import randn
 from .precision import default_dtype
 from .prompts import warn_if_truncated
 from .sampling import SamplerSettings, Trajectory, sample
 from .samplers import SamplingGrid
 from .settings import (
+    IMAGE_SAMPLER,
+    IMG2IMG_STRENGTH,
+    INPAINT_STRENGTH,
     STRENGTH_RULES,
     Conditioning,
     ImageSize,
@@ -178,7 +188,12 @@ class Generation:
 
 
 def default_size(sd) -> tuple[int, int]:
-    """(height, width) each family was trained at: SD 1.x and 2.x-base 512, SD 2.x-768 (v) 768, SDXL 1024."""
+    """(height, width) the model was trained at: its own record (``config.native_size``, e.g. 32x32 for the
+    shipped miniature) when it has one, else its family's release: SD 1.x and 2.x-base 512, SD 2.x-768 (v)
+    768, SDXL 1024."""
+    native = getattr(sd.config, "native_size", None)
+    if native:
+        return tuple(native)
     if sd.family == "sdxl":
         return 1024, 1024
     if sd.family == "sd2" and sd.prediction_type == "v":
@@ -198,7 +213,7 @@ def size_multiple(sd) -> int:
     return vae_factor(sd)
 
 
-def check_size(sd, height: int, width: int, what: str = "height and width") -> None:
+def check_size(sd, height: int, width: int) -> None:
     """SettingsError unless ``height`` and ``width`` are positive multiples of :func:`size_multiple`
     (:meth:`diffusion_notes.settings.ImageSize.validate`, the one size rule)."""
     ImageSize(height, width).validate(size_multiple(sd))
@@ -464,7 +479,8 @@ def _start(sd, request: Request, generator, callback) -> _Run:
     return _Run(sd, request, c, uc, generator, seed, callback)
 
 
-def sampler_settings(sampler: str = "plms", steps: int = 50, sigma_schedule: str = "default",
+def sampler_settings(sampler: str = SamplerSettings.sampler, steps: int = SamplerSettings.steps,
+                     sigma_schedule: str = SamplerSettings.sigma_schedule,
                      spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
                      sampler_options: dict | None = None) -> SamplerSettings:
     """The pipeline's sampler keywords as one :class:`~diffusion_notes.sampling.SamplerSettings`
@@ -487,14 +503,15 @@ def _memory(memory) -> MemoryOptions:
 # --------------------------------------------------------------------------------------------
 
 
-def txt2img(sd: DiffusionModel, prompt, *, negative_prompt="", sampler: str = "plms", steps: int = 50,
-            sigma_schedule: str = "default", spacing: str | None = None, steps_offset: int | None = None,
-            eta: float | None = None, sampler_options: dict | None = None, guidance_scale: float = 7.5,
-            height: int | None = None, width: int | None = None, num_images: int = 1, seed: int | None = None,
-            generator: torch.Generator | None = None, noise_device="cpu", latents: torch.Tensor | None = None,
-            callback=None, output: str = "pil", return_trajectory: bool | str = False, progress: bool = False,
-            non_finite: str = "error", memory: MemoryOptions | None = None, original_size=None,
-            crops_coords_top_left=(0, 0), target_size=None) -> Generation:
+def txt2img(sd: DiffusionModel, prompt, *, negative_prompt=Conditioning.negative_prompt,
+            sampler: str = SamplerSettings.sampler, steps: int = SamplerSettings.steps,
+            sigma_schedule: str = SamplerSettings.sigma_schedule, spacing: str | None = None, steps_offset: int | None = None,
+            eta: float | None = None, sampler_options: dict | None = None, guidance_scale: float = Conditioning.guidance_scale,
+            height: int | None = None, width: int | None = None, num_images: int = Conditioning.num_images, seed: int | None = None,
+            generator: torch.Generator | None = None, noise_device=Seed.noise_device, latents: torch.Tensor | None = None,
+            callback=None, output: str = OutputOptions.output, return_trajectory: bool | str = False, progress: bool = False,
+            non_finite: str = OutputOptions.non_finite, memory: MemoryOptions | None = None, original_size=None,
+            crops_coords_top_left=Conditioning.crops_coords_top_left, target_size=None) -> Generation:
     """Text to image: CompVis ``scripts/txt2img.py``; diffusers ``StableDiffusion(XL)Pipeline.__call__``.
 
     * ``prompt``: a string or a list (each gives ``num_images`` images); ``negative_prompt`` replaces
@@ -625,14 +642,16 @@ def encode_image(sd, image: torch.Tensor, generator: torch.Generator) -> torch.T
     return _with_float32_retry(sd, encode, "encode")
 
 
-def img2img(sd: DiffusionModel, image, prompt, *, strength: float = 0.75, strength_rule: str = "compvis",
-            negative_prompt="", sampler: str = "ddim", steps: int = 50, sigma_schedule: str = "default",
+def img2img(sd: DiffusionModel, image, prompt, *, strength: float = IMG2IMG_STRENGTH.strength,
+            strength_rule: str = IMG2IMG_STRENGTH.rule,
+            negative_prompt=Conditioning.negative_prompt, sampler: str = IMAGE_SAMPLER,
+            steps: int = SamplerSettings.steps, sigma_schedule: str = SamplerSettings.sigma_schedule,
             spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
-            sampler_options: dict | None = None, guidance_scale: float = 7.5, num_images: int = 1,
-            seed: int | None = None, generator: torch.Generator | None = None, noise_device="cpu", callback=None,
-            output: str = "pil", return_trajectory: bool | str = False, progress: bool = False,
-            non_finite: str = "error", memory: MemoryOptions | None = None, original_size=None,
-            crops_coords_top_left=(0, 0), target_size=None) -> Generation:
+            sampler_options: dict | None = None, guidance_scale: float = Conditioning.guidance_scale, num_images: int = Conditioning.num_images,
+            seed: int | None = None, generator: torch.Generator | None = None, noise_device=Seed.noise_device, callback=None,
+            output: str = OutputOptions.output, return_trajectory: bool | str = False, progress: bool = False,
+            non_finite: str = OutputOptions.non_finite, memory: MemoryOptions | None = None, original_size=None,
+            crops_coords_top_left=Conditioning.crops_coords_top_left, target_size=None) -> Generation:
     """Image to image (SDEdit, Meng et al. 2022): encode, noise to an intermediate timestep, denoise from there.
 
     ``image``: a PIL image, a path, or a ``(1, 3, H, W)`` / ``(3, H, W)`` tensor in [-1, 1]
@@ -666,14 +685,16 @@ def img2img(sd: DiffusionModel, image, prompt, *, strength: float = 0.75, streng
 # --------------------------------------------------------------------------------------------
 
 
-def inpaint(sd: DiffusionModel, image, mask, prompt, *, strength: float = 1.0, strength_rule: str = "diffusers",
-            negative_prompt="", sampler: str = "ddim", steps: int = 50, sigma_schedule: str = "default",
+def inpaint(sd: DiffusionModel, image, mask, prompt, *, strength: float = INPAINT_STRENGTH.strength,
+            strength_rule: str = INPAINT_STRENGTH.rule,
+            negative_prompt=Conditioning.negative_prompt, sampler: str = IMAGE_SAMPLER,
+            steps: int = SamplerSettings.steps, sigma_schedule: str = SamplerSettings.sigma_schedule,
             spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
-            sampler_options: dict | None = None, guidance_scale: float = 7.5, num_images: int = 1,
-            seed: int | None = None, generator: torch.Generator | None = None, noise_device="cpu", callback=None,
-            output: str = "pil", return_trajectory: bool | str = False, progress: bool = False,
-            non_finite: str = "error", memory: MemoryOptions | None = None, original_size=None,
-            crops_coords_top_left=(0, 0), target_size=None) -> Generation:
+            sampler_options: dict | None = None, guidance_scale: float = Conditioning.guidance_scale, num_images: int = Conditioning.num_images,
+            seed: int | None = None, generator: torch.Generator | None = None, noise_device=Seed.noise_device, callback=None,
+            output: str = OutputOptions.output, return_trajectory: bool | str = False, progress: bool = False,
+            non_finite: str = OutputOptions.non_finite, memory: MemoryOptions | None = None, original_size=None,
+            crops_coords_top_left=Conditioning.crops_coords_top_left, target_size=None) -> Generation:
     """Repaint where ``mask`` is white (1), keep the rest.
 
     * 9-channel inpainting checkpoints (``sd-v1-5-inpainting``, ``512-inpainting-ema``): the UNet
@@ -689,13 +710,7 @@ def inpaint(sd: DiffusionModel, image, mask, prompt, *, strength: float = 1.0, s
     from the noised image (:func:`strength_timesteps`). The other keywords: those of :func:`txt2img`.
     """
     image, mask = image_to_tensor(image, "image"), mask_to_tensor(mask)
-    if image.shape[-2:] != mask.shape[-2:]:
-        (h, w), (mh, mw) = image.shape[-2:], mask.shape[-2:]
-        raise SettingsError("mask", f"the image is {w}x{h} but the mask is {mw}x{mh} (width x height); "
-                            "they must be the same size.")
-    if not mask.any():
-        raise SettingsError("mask", "the mask is black everywhere, so there is nothing to repaint; paint white (1) "
-                            "where the image should change")
+    check_image_and_mask(image, mask)
     size = _image_size(image)
     size.validate_image(vae_factor(sd))
     request = Request(

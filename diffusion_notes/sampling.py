@@ -215,7 +215,8 @@ def _model_function(eps_model, x_T: torch.Tensor, grid: SamplingGrid, prediction
         if not torch.isfinite(out).all():
             raise FloatingPointError(f"the model output contains NaN/inf at step {progress['step']} (timestep {_as_number(t_model)}); "
                                      "in fp16 try float32 or upcast_attention")
-        # the conversion uses the level the network was evaluated at: x is x_t there
+        # v / x0 -> eps at the real level t, where x is x_t (also when quantize showed the network round(t);
+        # diffusers' DPM-Solver converts with its real Karras sigma likewise)
         return out if prediction_type == "eps" else eps_from_output(out, x, grid.alpha_at(t), prediction_type)
 
     return model

@@ -34,7 +34,8 @@ import numpy as np
 from .errors import SettingsError
 
 __all__ = ["Conditioning", "ImageSize", "Seed", "Strength", "OutputOptions", "MemoryOptions", "STRENGTH_RULES",
-           "OUTPUTS", "NON_FINITE_POLICIES", "SEED_MAX", "RANDOM_SEED", "check_real", "check_integer",
+           "OUTPUTS", "NON_FINITE_POLICIES", "SEED_MAX", "RANDOM_SEED", "IMAGE_SAMPLER", "IMG2IMG_STRENGTH",
+           "INPAINT_STRENGTH", "check_real", "check_integer",
            "latent_memory_bytes", "available_memory_bytes", "check_fits_in_memory"]
 
 STRENGTH_RULES = ("compvis", "diffusers")
@@ -46,6 +47,9 @@ NON_FINITE_POLICIES = ("error", "warn")
 SEED_MAX = 2**32 - 1
 #: AUTOMATIC1111's "random seed"; the seed actually drawn is reported and written to the PNG.
 RANDOM_SEED = -1
+#: img2img and inpaint sample with DDIM by default, as CompVis's ``scripts/img2img.py`` does (txt2img: PLMS,
+#: ``SamplerSettings.sampler``).
+IMAGE_SAMPLER = "ddim"
 
 
 # --------------------------------------------------------------------------------------------
@@ -299,6 +303,12 @@ class MemoryOptions:
 
     def uses_channels_last(self, device) -> bool:
         return (getattr(device, "type", str(device)) == "cuda") if self.channels_last is None else self.channels_last
+
+
+#: The defaults of img2img (CompVis ``scripts/img2img.py``: 0.75) and inpainting (pure noise, as
+#: inpainting models were trained; diffusers' rule, where strength 1 exists).
+IMG2IMG_STRENGTH = Strength(0.75, "compvis")
+INPAINT_STRENGTH = Strength(1.0, "diffusers")
 
 
 # --------------------------------------------------------------------------------------------

@@ -52,6 +52,8 @@ class StableDiffusionConfig:
     vae: AutoencoderConfig
     prediction_type: str = "eps"
     scale_factor: float = 0.18215
+    #: (height, width) in pixels the model was trained at; None = the family's release (pipeline.default_size).
+    native_size: tuple[int, int] | None = None
 
 
 class StableDiffusion(nn.Module):
@@ -160,13 +162,19 @@ class StableDiffusion(nn.Module):
                          torch_dtype: torch.dtype | None = None, device=None, use_ema: bool = False) -> "StableDiffusion":
         """Load an original (CompVis / sgm) checkpoint: ``.safetensors`` or ``.ckpt``.
 
-        The architecture is read from tensor shapes (``checkpoints.detect``). ``config`` is an
-        optional original YAML (``v1-inference.yaml``, ``v2-inference-v.yaml``, ``sd_xl_base.yaml``)
-        whose heads, ``parameterization`` and ``scale_factor`` are honoured. The prediction type
-        cannot be seen in the weights: it is "eps" unless the YAML says ``parameterization: "v"``
-        or ``prediction_type="v"`` is passed, so SD 2.x 768-v files need one of the two.
+        The architecture is read from tensor shapes (``checkpoints.detect``). What shapes cannot show
+        (UNet and CLIP attention heads, ``scale_factor``, the prediction type, the native size) comes,
+        in this order of precedence, from the arguments, from ``config`` (an optional original YAML:
+        ``v1-inference.yaml``, ``v2-inference-v.yaml``, ``sd_xl_base.yaml``, whose heads,
+        ``parameterization`` and ``scale_factor`` are honoured), from the file's safetensors
+        ``__metadata__`` (written by :meth:`save_single_file`; ``checkpoints.metadata``), and last from
+        the family's release. So a released SD 2.x 768-v file, which carries no metadata, needs the
+        YAML or ``prediction_type="v"``. A CLIP text encoder of a width no release has, with no head
+        count in the metadata (or in the ``text_encoder/config.json`` of a diffusers folder given as
+        ``tokenizer``), is refused rather than guessed.
         ``tokenizer``: a tokenizer folder or a diffusers model folder; otherwise the tokenizers of
         ``checkpoints.tokenizers.TOKENIZER_REPOS`` from the Hugging Face cache (or the hub when online).
+        Each tokenizer reads as many positions as its encoder has (77 for every release).
         ``use_ema=False`` (default) uses ``model.diffusion_model.*`` as stored, which in CompVis's
         released files already are the EMA weights; ``use_ema=True`` takes ``model_ema.*`` instead.
         Weights are never allocated twice: each network is built on the ``meta`` device and receives
@@ -177,10 +185,14 @@ class StableDiffusion(nn.Module):
         return load_single_file(cls, path, config=config, tokenizer=tokenizer, prediction_type=prediction_type,
                                 torch_dtype=torch_dtype, device=device, use_ema=use_ema)
 
-    def save_single_file(self, path, overwrite: bool = False) -> None:
+    def save_single_file(self, path, overwrite: bool = False, metadata: dict[str, str] | None = None) -> None:
         """Write one ``.safetensors`` in the original layout (what ``from_single_file`` of diffusers,
         ComfyUI or A1111 read): ``model.diffusion_model.*``, ``first_stage_model.*`` and the text
-        encoder(s) under the family's CompVis / sgm prefixes."""
+        encoder(s) under the family's CompVis / sgm prefixes.
+
+        The settings the tensors cannot show (scale factor, prediction type, UNet and CLIP heads,
+        native size) go into the safetensors ``__metadata__`` header (``checkpoints.metadata``);
+        ``metadata`` adds more string pairs (e.g. how the model was trained)."""
         from .checkpoints.single_file import save_single_file
 
-        save_single_file(self, path, overwrite=overwrite)
+        save_single_file(self, path, overwrite=overwrite, metadata=metadata)

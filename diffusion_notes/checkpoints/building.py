@@ -21,13 +21,16 @@ _PREDICTION_NAMES = {"eps": "eps", "epsilon": "eps", "v": "v", "v_prediction": "
 DIFFUSERS_PREDICTION = {"eps": "epsilon", "v": "v_prediction"}
 
 
-def load_into(module: nn.Module, state_dict: dict, what: str, prefix: str, config_source: str | None = None) -> nn.Module:
+def load_into(module: nn.Module, state_dict: dict, what: str, prefix: str, config_source: str | None = None,
+              file_name=None) -> nn.Module:
     """``load_state_dict(assign=True)`` into a meta-device module, with one-line errors.
 
     Every tensor is checked first: present, expected, floating point where the module's is, and of
     the module's shape (the error names the tensor and both shapes, and ``config_source``, the file
-    the architecture came from, when it was not inferred from the tensors themselves).
+    the architecture came from, when it was not inferred from the tensors themselves). ``file_name(name)``
+    gives a tensor's name as the file spells it, when the layout was converted (default: ``prefix + name``).
     """
+    file_name = file_name or (lambda name: prefix + name)
     expected = module.state_dict()
     missing, unexpected = sorted(set(expected) - set(state_dict)), sorted(set(state_dict) - set(expected))
     if missing:
@@ -40,12 +43,12 @@ def load_into(module: nn.Module, state_dict: dict, what: str, prefix: str, confi
     for name, slot in expected.items():
         given = state_dict[name]
         if not isinstance(given, torch.Tensor):
-            raise CheckpointError(f"{what} entry {prefix}{name} is a {type(given).__name__}, not a tensor.")
+            raise CheckpointError(f"{what} entry {file_name(name)} is a {type(given).__name__}, not a tensor.")
         if slot.is_floating_point() and not given.is_floating_point():
-            raise CheckpointError(f"{what} tensor {prefix}{name} holds {str(given.dtype).removeprefix('torch.')}, "
+            raise CheckpointError(f"{what} tensor {file_name(name)} holds {str(given.dtype).removeprefix('torch.')}, "
                                   "not floating-point weights; the file is damaged or not this model.")
         if tuple(given.shape) != tuple(slot.shape):
-            raise CheckpointError(f"{what} tensor {prefix}{name} has shape {tuple(given.shape)} but {source} needs "
+            raise CheckpointError(f"{what} tensor {file_name(name)} has shape {tuple(given.shape)} but {source} needs "
                                   f"{tuple(slot.shape)}; the file is damaged, or the config describes another model.")
     module.load_state_dict(state_dict, strict=True, assign=True)
     return module.eval().requires_grad_(False)
@@ -59,7 +62,7 @@ def build(cls, config, state_dict: dict, what: str, prefix: str, config_source: 
 
 
 def build_clip(config, state_dict: dict, with_projection: bool, what: str, prefix: str,
-               config_source: str | None = None) -> nn.Module:
+               config_source: str | None = None, file_name=None) -> nn.Module:
     """A transformers CLIP text model from its ``CLIPTextConfig`` and transformers-layout weights."""
     from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
@@ -71,7 +74,8 @@ def build_clip(config, state_dict: dict, with_projection: bool, what: str, prefi
     state_dict = {clip_key(k, wrapped): v for k, v in state_dict.items() if "position_ids" not in k}
     if not with_projection:
         state_dict.pop("text_projection.weight", None)
-    load_into(model, state_dict, what, prefix, config_source)
+    load_into(model, state_dict, what, prefix, config_source,
+              file_name and (lambda name: file_name(clip_key(name, True))))
     materialize_position_ids(model)
     return model
 

@@ -7,9 +7,13 @@ things are *not* in the weights and follow each family's released configuration 
 original YAML says otherwise:
 
 * attention heads (SD 1.x: ``num_heads=8``; SD 2.x/XL: ``num_head_channels=64``);
-* CLIP heads (64 channels per head) and activation (OpenAI CLIP ``quick_gelu``, OpenCLIP ``gelu``);
+* CLIP heads (64 channels per head in every release; another width needs the file's metadata) and
+  activation (OpenAI CLIP ``quick_gelu``, OpenCLIP ``gelu``);
 * the parameterisation: eps, except where the YAML says ``parameterization: "v"`` (SD 2.x 768-v);
 * ``scale_factor`` (0.18215 SD 1/2, 0.13025 SDXL).
+
+Files written by ``StableDiffusion.save_single_file`` record all four in their safetensors header
+(``checkpoints.metadata``); the loader prefers those records to the family's values.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from .io import UNET_PREFIX, CheckpointError, split_by_prefix
 
 __all__ = ["UNET_PREFIX", "VAE_PREFIX", "TEXT_PREFIXES", "Architecture", "detect_family", "detect_architecture",
            "strip_prefix", "unet_config_from_state_dict", "vae_config_from_state_dict", "clip_config_kwargs",
-           "OriginalConfig", "read_original_yaml", "apply_yaml_unet"]
+           "OriginalConfig", "read_original_yaml", "apply_metadata_heads", "apply_yaml_unet", "RELEASED_CLIP_HEADS"]
 
 VAE_PREFIX = "first_stage_model."
 #: Where each family keeps its text encoder(s): transformers layout (``.transformer.``) or open_clip (``.model.``).
@@ -131,16 +135,37 @@ def vae_config_from_state_dict(vae: dict) -> AutoencoderConfig:
     )
 
 
-def clip_config_kwargs(text: dict, hidden_act: str) -> dict:
-    """``CLIPTextConfig`` arguments from transformers-layout CLIP tensors (``text_model.`` prefix optional)."""
+#: Attention heads of the released CLIP text towers, by width (64 channels per head): ViT-L/14 (SD 1.x,
+#: SDXL's first), OpenCLIP ViT-H/14 (SD 2.x), OpenCLIP ViT-bigG/14 (SDXL's second).
+RELEASED_CLIP_HEADS = {768: 12, 1024: 16, 1280: 20}
+
+
+def clip_config_kwargs(text: dict, hidden_act: str, num_heads: int | None = None, where: str = "text encoder") -> dict:
+    """``CLIPTextConfig`` arguments from transformers-layout CLIP tensors (``text_model.`` prefix optional).
+
+    The head count is not in the weights (any divisor of the width fits them): ``num_heads`` when given
+    (from the file's metadata), else the released tower of that width (:data:`RELEASED_CLIP_HEADS`);
+    another width without ``num_heads`` is a :class:`CheckpointError`, never a guess.
+    """
     text = {k.removeprefix("text_model."): v for k, v in text.items()}
     hidden = text["embeddings.token_embedding.weight"].shape[1]
+    if num_heads is None:
+        num_heads = RELEASED_CLIP_HEADS.get(hidden)
+        if num_heads is None:
+            raise CheckpointError(
+                f"{where}: the CLIP text encoder is {hidden} wide, which no released model is "
+                f"({sorted(RELEASED_CLIP_HEADS)}), and the file's metadata does not give its attention heads, "
+                "which the weights cannot show; save the model with StableDiffusion.save_single_file (it records "
+                "them as 'diffusion_notes.text.num_attention_heads'), or load its diffusers folder instead.")
+    if num_heads < 1 or hidden % num_heads:
+        raise CheckpointError(f"{where}: {num_heads} attention heads do not divide the text encoder's width "
+                              f"{hidden}; the file's metadata is wrong.")
     kwargs = dict(
         vocab_size=text["embeddings.token_embedding.weight"].shape[0], hidden_size=hidden,
         max_position_embeddings=text["embeddings.position_embedding.weight"].shape[0],
         num_hidden_layers=len(_indices(text, r"encoder\.layers\.(\d+)\.")),
         intermediate_size=text["encoder.layers.0.mlp.fc1.weight"].shape[0],
-        num_attention_heads=max(1, hidden // 64),  # every released CLIP text tower has 64-channel heads
+        num_attention_heads=num_heads,
         hidden_act=hidden_act,
     )
     if "text_projection.weight" in text:
@@ -253,14 +278,37 @@ def _mapping(path: Path, key: str, value) -> dict:
     return value
 
 
+def apply_metadata_heads(config: UNetConfig, num_heads: int | None, num_head_channels: int | None) -> UNetConfig:
+    """The UNet heads a file's metadata records (``checkpoints.metadata``), replacing the family's; unchanged
+    when the metadata says nothing."""
+    if num_heads is None and num_head_channels is None:
+        return config
+    return _with_heads(config, -1 if num_heads is None else num_heads,
+                       -1 if num_head_channels is None else num_head_channels, "the file's metadata")
+
+
 def apply_yaml_unet(config: UNetConfig, unet_params: dict | None, path) -> UNetConfig:
-    """The heads settings of a YAML ``unet_config``, after checking it describes these weights."""
+    """The heads settings of a YAML ``unet_config``, after checking it describes these weights.
+
+    A YAML that names neither ``num_heads`` nor ``num_head_channels`` keeps the heads already known
+    (from the metadata, else the family's); one that names one uses it (the other becomes -1, unused).
+    """
     if not unet_params:
         return config
     for key in ("in_channels", "model_channels", "context_dim", "num_res_blocks"):
         if key in unet_params and unet_params[key] != getattr(config, key):
             raise CheckpointError(f"{path}: {key}={unet_params[key]} but the weights have {getattr(config, key)}; "
                                   "this YAML describes another model.")
-    return replace(config, num_heads=unet_params.get("num_heads", -1),
-                   num_head_channels=unet_params.get("num_head_channels", -1))
+    if "num_heads" not in unet_params and "num_head_channels" not in unet_params:
+        return config
+    return _with_heads(config, unet_params.get("num_heads", -1), unet_params.get("num_head_channels", -1), path)
+
+
+def _with_heads(config: UNetConfig, num_heads: int, num_head_channels: int, source) -> UNetConfig:
+    """``config`` with these heads, refused with a CheckpointError when they cannot split its widths."""
+    try:
+        return replace(config, num_heads=num_heads, num_head_channels=num_head_channels)
+    except ValueError as exc:  # UNetConfig's own check: heads unset, or not dividing a width
+        raise CheckpointError(f"{source}: num_heads={num_heads}, num_head_channels={num_head_channels} do not fit "
+                              f"these weights ({exc}).") from exc
 

@@ -160,6 +160,7 @@ def _folder_prompt_encoder(root: Path, family: str, dtype: torch.dtype | None = 
         encoders.append(_parsed(config_path, lambda w: build_clip(config, w, spec.pooled, "text encoder",
                                                                   f"text_encoder{suffix}/", str(config_path)), weights))
         tokenizers.append(load_tokenizer(root / f"tokenizer{suffix}"))
+        tokenizers[-1].model_max_length = config.max_position_embeddings  # 77 for every release
     return PromptEncoder(tokenizers, encoders, specs)
 
 

@@ -8,6 +8,8 @@ shapes cannot tell. Counterparts: diffusers ``from_single_file``; CompVis ``load
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import torch
@@ -25,10 +27,11 @@ from .consistency import check_sibling_sizes
 from .building import build, build_clip, clip_state_dict, prediction_name, token_ids
 from .diffusers_folder import refuse_existing
 from .io import load_state_dict, pick_ema, save_state_dict
+from .metadata import ModelMetadata, from_header, read_header, to_header
 from .openclip import openclip_to_transformers, transformers_to_openclip
 from .tokenizers import single_file_tokenizers
 
-__all__ = ["load_single_file", "save_single_file"]
+__all__ = ["load_single_file", "save_single_file", "model_header"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -54,10 +57,14 @@ def load_single_file(cls, path, config=None, tokenizer=None, prediction_type: st
     except KeyError as exc:
         raise CheckpointError(f"{path}: lacks the tensor {exc.args[0]!r} that the architecture is read from; the "
                               "file is incomplete or not a Stable Diffusion checkpoint.") from None
-    unet_config = detect.apply_yaml_unet(arch.unet, yaml.unet_params, config)
+    meta = from_header(read_header(path), path)
+    # Precedence for what shapes cannot show: arguments, then the YAML, then the file's metadata, then the family.
+    unet_config = detect.apply_metadata_heads(arch.unet, meta.num_heads, meta.num_head_channels)
+    unet_config = detect.apply_yaml_unet(unet_config, yaml.unet_params, config)
+    prediction = prediction_type or (yaml.prediction_type if config is not None else None)
     sd_config = StableDiffusionConfig(
-        arch.family, unet_config, arch.vae, prediction_name(prediction_type or yaml.prediction_type),
-        yaml.scale_factor or SCALE_FACTORS[arch.family],
+        arch.family, unet_config, arch.vae, prediction_name(prediction or meta.prediction_type or "eps"),
+        yaml.scale_factor or meta.scale_factor or SCALE_FACTORS[arch.family], meta.native_size,
     )
     tokenizers = single_file_tokenizers(arch.family, tokenizer)
     try:
@@ -72,7 +79,8 @@ def load_single_file(cls, path, config=None, tokenizer=None, prediction_type: st
     # Training checkpoints keep the autoencoder's LPIPS/discriminator loss under first_stage_model.loss.
     vae_sd = {k: v for k, v in detect.strip_prefix(state_dict, detect.VAE_PREFIX).items() if not k.startswith("loss.")}
     vae = build(AutoencoderKL, arch.vae, vae_sd, "VAE", detect.VAE_PREFIX)
-    encoders = _text_encoders(state_dict, arch.family, tokenizers)
+    text_heads = meta.text_heads or _folder_text_heads(tokenizer, len(tokenizers))
+    encoders = _text_encoders(state_dict, arch.family, tokenizers, text_heads)
     schedule = NoiseSchedule.from_name("scaled_linear", yaml.timesteps, linear_start=yaml.linear_start,
                                        linear_end=yaml.linear_end)
     model = cls(sd_config, unet, vae, PromptEncoder(tokenizers, encoders, TEXT_SPECS[arch.family]), schedule)
@@ -83,11 +91,28 @@ def _is_unused_ema(name: str) -> bool:
     return name.startswith("model_ema.")
 
 
-def _text_encoders(state_dict: dict, family: str, tokenizers: list) -> list[nn.Module]:
+def _folder_text_heads(tokenizer, count: int) -> tuple[int, ...] | None:
+    """The CLIP head counts of a diffusers folder given as ``tokenizer=`` (its ``text_encoder*/config.json``)."""
+    if tokenizer is None:
+        return None
+    configs = [Path(tokenizer) / f"text_encoder{f'_{i + 1}' if i else ''}" / "config.json" for i in range(count)]
+    if not all(c.is_file() for c in configs):
+        return None
+    return tuple(int(json.loads(c.read_text())["num_attention_heads"]) for c in configs)
+
+
+def _text_encoders(state_dict: dict, family: str, tokenizers: list,
+                   heads: tuple[int, ...] | None = None) -> list[nn.Module]:
+    """The CLIP text encoder(s) of a single file; ``heads`` (from the metadata) per encoder, else the
+    release's. Each tokenizer is set to read as many positions as its encoder has."""
     from transformers import CLIPTextConfig
 
+    prefixes = detect.TEXT_PREFIXES[family]
+    if heads is not None and len(heads) != len(prefixes):
+        raise CheckpointError(f"the metadata gives {len(heads)} text-encoder head counts for a {family} "
+                              f"checkpoint with {len(prefixes)} text encoder(s); fix the file's metadata.")
     encoders = []
-    for index, (prefix, spec) in enumerate(zip(detect.TEXT_PREFIXES[family], TEXT_SPECS[family])):
+    for index, (prefix, spec) in enumerate(zip(prefixes, TEXT_SPECS[family])):
         if prefix.endswith(".model."):  # open_clip layout (SD 2.x ViT-H, SDXL bigG)
             weights = openclip_to_transformers(state_dict, prefix=prefix)
             act = "gelu"
@@ -96,11 +121,32 @@ def _text_encoders(state_dict: dict, family: str, tokenizers: list) -> list[nn.M
             act = "quick_gelu"
         if not weights:
             raise CheckpointError(f"checkpoint has no text encoder under {prefix!r}; a full {family} checkpoint has one.")
-        kwargs = detect.clip_config_kwargs(weights, act) | token_ids(tokenizers[index])
+        kwargs = detect.clip_config_kwargs(weights, act, None if heads is None else heads[index], prefix)
+        kwargs |= token_ids(tokenizers[index])
         if family == "sd2":
             weights, kwargs = _drop_last_layer(weights, kwargs)
-        encoders.append(build_clip(CLIPTextConfig(**kwargs), weights, spec.pooled, "text encoder", prefix))
+        names = _openclip_file_name(prefix) if prefix.endswith(".model.") else (lambda name: prefix + name)
+        encoders.append(build_clip(CLIPTextConfig(**kwargs), weights, spec.pooled, "text encoder", prefix,
+                                   file_name=names))
+        tokenizers[index].model_max_length = kwargs["max_position_embeddings"]  # 77 for every release
     return encoders
+
+
+def _openclip_file_name(prefix: str):
+    """transformers CLIP name -> the open_clip name the file stores (q/k/v: their fused ``in_proj``)."""
+    qkv = re.compile(r"text_model\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)")
+
+    def name(transformers_name: str) -> str:
+        match = qkv.fullmatch(transformers_name)
+        if match:
+            layer, part, kind = match.groups()
+            return f"{prefix}transformer.resblocks.{layer}.attn.in_proj_{kind} (its {part} third)"
+        try:
+            return next(iter(transformers_to_openclip({transformers_name: torch.empty(0)}, prefix=prefix)))
+        except CheckpointError:
+            return prefix + transformers_name
+
+    return name
 
 
 def _drop_last_layer(weights: dict, kwargs: dict) -> tuple[dict, dict]:
@@ -115,14 +161,23 @@ def _drop_last_layer(weights: dict, kwargs: dict) -> tuple[dict, dict]:
 # --------------------------------------------------------------------------------------------
 
 
-def save_single_file(sd, path, overwrite: bool = False) -> None:
+def save_single_file(sd, path, overwrite: bool = False, metadata: dict[str, str] | None = None) -> None:
     """Write ``sd`` as one ``.safetensors`` in the original layout; see :meth:`StableDiffusion.save_single_file`."""
     path = Path(path)
     refuse_existing(path, overwrite)
     state_dict = {detect.UNET_PREFIX + k: v for k, v in sd.unet.state_dict().items()}
     state_dict.update({detect.VAE_PREFIX + k: v for k, v in sd.vae.state_dict().items()})
     state_dict.update(_original_text_state_dict(sd))
-    save_state_dict(state_dict, path, overwrite=overwrite)
+    save_state_dict(state_dict, path, overwrite=overwrite, metadata={**(metadata or {}), **model_header(sd)})
+
+
+def model_header(sd) -> dict[str, str]:
+    """The ``__metadata__`` entries of ``sd``'s invisible settings (:mod:`~diffusion_notes.checkpoints.metadata`)."""
+    c = sd.config
+    return to_header(ModelMetadata(
+        scale_factor=c.scale_factor, prediction_type=c.prediction_type, num_heads=c.unet.num_heads,
+        num_head_channels=c.unet.num_head_channels, native_size=getattr(c, "native_size", None),
+        text_heads=tuple(e.config.num_attention_heads for e in sd.text_encoders)))
 
 
 def _original_text_state_dict(sd) -> dict:

@@ -23,7 +23,8 @@ TOKENIZER_REPOS = {
 
 
 def load_tokenizer(folder, pad_token: str | None = None):
-    """``CLIPTokenizer.from_pretrained(folder)`` (77 tokens), refusing a folder without tokenizer files."""
+    """``CLIPTokenizer.from_pretrained(folder)`` (77 tokens; the loaders then set ``model_max_length`` to the
+    text encoder's position count, which is 77 for every release), refusing a folder without tokenizer files."""
     from transformers import CLIPTokenizer
 
     folder = Path(folder)

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from ..errors import SettingsError
+
 __all__ = ["UNetConfig", "AutoencoderConfig", "TextEncoderSpec", "FAMILIES", "TEXT_SPECS", "SCALE_FACTORS",
            "unet_preset", "vae_preset"]
 
@@ -44,6 +46,25 @@ class UNetConfig:
     #: compute the attention softmax in float32 (SD 2.1 needs it in fp16).
     upcast_attention: bool = False
 
+    def __post_init__(self):
+        # Checked here, at construction, so a bad width fails with its name instead of deep in nn.GroupNorm.
+        _check_groupnorm_widths("UNetConfig", "model_channels", self.model_channels, self.channel_mult)
+        if len(self.transformer_depth) < len(self.channel_mult):
+            raise SettingsError("transformer_depth", f"UNetConfig: transformer_depth={self.transformer_depth} needs "
+                                f"an entry for every level of channel_mult={self.channel_mult} (0 = no attention).")
+        if self.num_heads <= 0 and self.num_head_channels <= 0:
+            raise SettingsError("num_heads", "UNetConfig: set num_heads (e.g. 8, SD 1.x) or num_head_channels "
+                                "(e.g. 64, SD 2.x/XL); both are -1, so the attention layers cannot be built.")
+        widths = [self.model_channels * m for m, d in zip(self.channel_mult, self.transformer_depth) if d > 0]
+        if self.transformer_depth_middle > 0:
+            widths.append(self.model_channels * self.channel_mult[-1])
+        option, split = ("num_head_channels", self.num_head_channels) if self.num_head_channels > 0 else \
+            ("num_heads", self.num_heads)
+        bad = sorted({w for w in widths if w % split})
+        if bad:
+            raise SettingsError(option, f"UNetConfig: {option}={split} does not divide the attention widths {bad}; "
+                                f"choose a divisor of every width that has attention.")
+
     @property
     def time_embed_dim(self) -> int:
         """Width of the time embedding: ``4 * model_channels`` (1280 for SD's 320)."""
@@ -67,6 +88,19 @@ class AutoencoderConfig:
     num_res_blocks: int = 2
     z_channels: int = 4
     embed_dim: int = 4
+
+    def __post_init__(self):
+        _check_groupnorm_widths("AutoencoderConfig", "ch", self.ch, self.ch_mult)
+
+
+def _check_groupnorm_widths(what: str, option: str, base: int, mult: tuple[int, ...]) -> None:
+    """Every width of a UNet or VAE level feeds a GroupNorm with 32 groups (CompVis ``normalization`` /
+    ``Normalize``), so it must be a positive multiple of 32."""
+    widths = [base * m for m in mult]
+    bad = [w for w in widths if w <= 0 or w % 32]
+    if bad:
+        raise SettingsError(option, f"{what}: every level's width ({option} x mult = {widths}) must be a positive "
+                            f"multiple of 32, because GroupNorm(32) normalises it; {bad} are not (e.g. {option}=32 or 64).")
 
 
 @dataclass(frozen=True)

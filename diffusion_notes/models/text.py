@@ -43,8 +43,10 @@ def materialize_position_ids(encoder: nn.Module) -> None:
 class PromptEncoder(nn.Module):
     """Prompts -> ``(context, pooled)``; ``pooled`` is None unless a spec asks for it (SDXL).
 
-    One tokenizer per text encoder, each padding/truncating to its ``model_max_length`` (77),
-    exactly as diffusers' ``encode_prompt`` does.
+    One tokenizer per text encoder, each padding/truncating to its ``model_max_length`` (77 for every
+    released model; a model trained with fewer positions has a tokenizer that says so), exactly as
+    diffusers' ``encode_prompt`` does. ``forward`` runs without gradients; :meth:`encode` is the same
+    computation with them, for training.
     """
 
     def __init__(self, tokenizers, text_encoders, specs: tuple[TextEncoderSpec, ...]):
@@ -70,6 +72,12 @@ class PromptEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, prompts: str | list[str]):
+        """``(context, pooled)`` for inference: no gradients (the released encoders are frozen)."""
+        return self.encode(prompts)
+
+    def encode(self, prompts: str | list[str]):
+        r"""``(context, pooled)`` with gradients: the trainable path (LDM Eq. 3 optimises
+        :math:`\tau_\theta` jointly with the UNet; see ``diffusion_notes.training``)."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         contexts, pooled = [], None
         for index, (encoder, spec) in enumerate(zip(self.text_encoders, self.specs)):

@@ -86,7 +86,7 @@ def test_yaml_sets_heads_and_parameterization(tmp_path):
 
     original = detect.read_original_yaml(write_original_yaml(tmp_path / "v.yaml", "sd2", "v"))
     assert original.prediction_type == "v" and original.scale_factor == 0.18215
-    config = detect.apply_yaml_unet(unet_preset("sd2", model_channels=32, channel_mult=(1, 2), context_dim=64,
+    config = detect.apply_yaml_unet(unet_preset("sd2", model_channels=32, channel_mult=(1, 2), transformer_depth=(0, 1), context_dim=64,
                                                 num_head_channels=8), original.unet_params, "v.yaml")
     assert config.num_head_channels == 64 and config.num_heads == -1
 

@@ -71,9 +71,22 @@ def test_sd2_v_prediction_comes_from_the_yaml(tiny, tmp_path):
     assert reloaded.prediction_type == "v" and reloaded.config == model.config
     _assert_same_networks(model, reloaded)
     _assert_diffusers_reads_it(StableDiffusionPipeline, path, folder, model)
-    # Without the YAML the weights cannot tell: eps by default, the flag overrides.
-    assert StableDiffusion.from_single_file(path, tokenizer=folder).prediction_type == "eps"
-    assert StableDiffusion.from_single_file(path, tokenizer=folder, prediction_type="v").prediction_type == "v"
+    # Our file records "v" in its header; a file without that record (as released SD 2.x files are)
+    # cannot tell from its weights: eps by default, the flag overrides.
+    assert StableDiffusion.from_single_file(path, tokenizer=folder).prediction_type == "v"
+    released = _without_metadata_keys(path, tmp_path / "released.safetensors", ["diffusion_notes.prediction_type"])
+    assert StableDiffusion.from_single_file(released, tokenizer=folder).prediction_type == "eps"
+    assert StableDiffusion.from_single_file(released, tokenizer=folder, prediction_type="v").prediction_type == "v"
+
+
+def _without_metadata_keys(path, out, keys):
+    """A copy of the single file ``path`` whose safetensors header lacks ``keys``."""
+    from diffusion_notes.checkpoints.io import load_state_dict, save_state_dict
+    from diffusion_notes.checkpoints.metadata import read_header
+
+    header = {k: v for k, v in read_header(path).items() if k not in keys}
+    save_state_dict(load_state_dict(path), out, metadata=header)
+    return out
 
 
 def test_sdxl_roundtrip_with_two_text_encoders(tiny, tmp_path):
@@ -93,12 +106,13 @@ def test_sdxl_roundtrip_with_two_text_encoders(tiny, tmp_path):
 
 def test_use_ema_takes_the_model_ema_weights(tiny, tmp_path):
     from diffusion_notes.checkpoints.io import load_state_dict, save_state_dict
+    from diffusion_notes.checkpoints.metadata import read_header
 
     _, _, model, path, _ = _roundtrip(tiny, tmp_path, "sd1")
     state_dict = dict(load_state_dict(path))
     key = "model.diffusion_model.out.2.bias"
     state_dict["model_ema.diffusion_modelout2bias"] = torch.full_like(state_dict[key], 7.0)
-    save_state_dict(state_dict, tmp_path / "ema.safetensors")
+    save_state_dict(state_dict, tmp_path / "ema.safetensors", metadata=read_header(path))
     folder = tiny("sd1")[0]
     assert not torch.equal(StableDiffusion.from_single_file(tmp_path / "ema.safetensors", tokenizer=folder)
                            .unet.out[2].bias, torch.full((4,), 7.0))

@@ -206,3 +206,15 @@ def test_a_library_bug_keeps_its_traceback(run, monkeypatch):
 ])
 def test_settings_errors_come_back_under_their_flag(option, message, expected):
     assert cli.flag_message(SettingsError(option, message)) == expected
+
+
+@pytest.mark.parametrize("command", ["txt2img", "img2img", "inpaint"])
+def test_the_flags_defaults_are_the_pipelines(command):
+    """One place for each default: the flags' defaults equal the pipeline functions' own."""
+    import inspect
+
+    from diffusion_notes import pipeline
+
+    signature = inspect.signature(getattr(pipeline, command)).parameters
+    for name, value in cli.pipeline_defaults(command).items():
+        assert signature[name].default == value, (command, name)
