@@ -2,11 +2,12 @@ r"""Which floating-point type the networks run in: one decision, made here.
 
 * CUDA: fp16 (half the memory; tensor cores).
 * CPU with native bf16 matrix instructions (x86 AMX-BF16 or AVX-512 BF16, Arm's BF16 extension):
-  bf16. oneDNN then runs the convolutions and matrix products in bf16 with fp32 accumulation, about
-  twice as fast as fp32 for the SD 1.5 UNet, at a relative error of a few thousandths per UNet call
-  (measured in docs/benchmarks.md).
-* Any other CPU: fp32. Without those instructions bf16 is emulated and slower than fp32, and fp16
-  matrix products are slower still.
+  bf16. oneDNN then runs the convolutions and matrix products in bf16 with fp32 accumulation; a quick
+  trial on such a CPU ran the SD 1.5 UNet about twice as fast as in fp32 (shared/NOTES.md). The cost:
+  a relative error of about 1e-2 in one UNet output (full-size SD 1.5, random weights; see
+  docs/benchmarks.md).
+* Any other CPU: fp32. Without those instructions bf16 is emulated: the SD 1.5 UNet ran 19-46x
+  slower than in fp32 on an AVX2-only CPU (docs/benchmarks.md).
 
 bf16 keeps fp32's exponent range (8 bits) with a 7-bit mantissa, so unlike fp16 it cannot overflow
 where fp32 does not. What stays in higher precision whatever the choice: the noise schedule (float64,
