@@ -119,8 +119,7 @@ def image_to_tensor(image, option: str = "image") -> torch.Tensor:
         raise SettingsError(option, f"{option} tensor holds NaN/inf; it must be finite values in [-1, 1]")
     low, high = float(image.min()), float(image.max())
     if low < -1 - 1e-3 or high > 1 + 1e-3:
-        hint = " (it looks like [0, 1]: use 2 * x - 1)" if low >= 0 and high <= 1 else \
-            " (it looks like 0..255: use x / 127.5 - 1)" if low >= 0 and high <= 255 else ""
+        hint = " (it looks like 0..255: use x / 127.5 - 1)" if low >= 0 and high <= 255 else ""
         raise SettingsError(option, f"{option} tensor values must lie in [-1, 1]; got [{low:.3g}, {high:.3g}]{hint}")
     return image.clamp(-1, 1)
 
