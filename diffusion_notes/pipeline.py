@@ -700,8 +700,9 @@ def inpaint(sd: DiffusionModel, image, mask, prompt, *, strength: float = INPAIN
     * 9-channel inpainting checkpoints (``sd-v1-5-inpainting``, ``512-inpainting-ema``): the UNet
       reads ``cat([x, mask, masked_image_latents])`` at every step (CompVis hybrid ``c_concat``,
       diffusers ``StableDiffusionInpaintPipeline``); the masked image is ``image * (mask < 0.5)``.
-    * ordinary 4-channel checkpoints: RePaint-style blending (Lugmayr et al. 2022; diffusers' legacy
-      path): after each step the kept region is replaced by the image noised to the next timestep,
+    * ordinary 4-channel checkpoints: known-region replacement (Song et al. 2021, score SDE App. I.2;
+      CompVis ``p_sample_ddim(mask=)``; diffusers' legacy path; not RePaint, whose contribution is
+      resampling): after each step the kept region is replaced by the image noised to the next timestep,
       ``x = mask * x + (1 - mask) * q_sample(z_0, t_next, noise)``, and by ``z_0`` itself after the last.
 
     ``image`` as in :func:`img2img`; ``mask``: a PIL image, a path, or a tensor in [0, 1] of shape
