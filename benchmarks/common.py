@@ -50,26 +50,36 @@ TINY_UNET = dict(block_out_channels=(32, 64), layers_per_block=1, cross_attentio
                  up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), sample_size=8)
 
 
-def unet_pair(size: str = "full", seed: int = 0):
+def unet_pair(size: str = "full", seed: int = 0, prepack: bool = True):
     """``(ours, theirs, context_dim)``: diffusers' UNet with random weights and ours holding the same tensors.
 
     Ours receives diffusers' tensors renamed (``checkpoints.diffusers_layout``) with
     ``load_state_dict(assign=True)``: the two models share their weight storage, so a full-size
-    pair costs 3.4 GB, not 6.9 GB, and both read exactly the same numbers.
+    pair costs 3.4 GB, not 6.9 GB, and both read exactly the same numbers. ``prepack`` (default, as
+    the loaders do for the CPU) then gives ours oneDNN-prepacked convolutions (``models.prepacked``),
+    which hold their own reordered copy of the convolution weights.
     """
     from diffusers import UNet2DConditionModel
-
-    from diffusion_notes.checkpoints import diffusers_layout as layout
-    from diffusion_notes.models.unet import UNetModel
 
     torch.manual_seed(seed)
     kwargs = SD15_UNET if size == "full" else TINY_UNET
     theirs = UNet2DConditionModel(**kwargs).eval().requires_grad_(False)
+    ours = ours_holding(theirs, prepack)
+    return ours, theirs, ours.config.context_dim
+
+
+def ours_holding(theirs, prepack: bool = True):
+    """Our ``UNetModel`` holding the tensors of diffusers' UNet ``theirs`` (renamed, shared; see :func:`unet_pair`)."""
+    from diffusion_notes.checkpoints import diffusers_layout as layout
+    from diffusion_notes.models.prepacked import prepack_convolutions
+    from diffusion_notes.models.unet import UNetModel
+
     config = layout.unet_config_from_diffusers(dict(theirs.config))
     with torch.device("meta"):
         ours = UNetModel(config)
     ours.load_state_dict(layout.unet_from_diffusers(theirs.state_dict(), config), strict=True, assign=True)
-    return ours.eval().requires_grad_(False), theirs, config.context_dim
+    ours = ours.eval().requires_grad_(False)
+    return prepack_convolutions(ours) if prepack else ours
 
 
 def unet_inputs(batch: int, side: int, context_dim: int, seed: int = 1):
@@ -150,9 +160,10 @@ _LETTERS = "abcdefghijklmnopqrstuvwxyz!"
 _MERGES = [("t", "h"), ("th", "e</w>"), ("c", "a"), ("ca", "t</w>")]
 
 
-def write_tokenizer(folder) -> None:
-    """A CLIP BPE tokenizer over single letters (no download): prompts become the same token ids in both
-    pipelines, and the text encoder's cost does not depend on which ids those are."""
+def write_tokenizer(folder, pad_token: str = "<|endoftext|>"):
+    """A CLIP BPE tokenizer over single letters plus four merges, 77 positions (no download): prompts
+    become the same token ids in both pipelines, and the text encoder's cost does not depend on which
+    ids those are. Also the tests' tiny tokenizer (``tests/models/builders.py``). Returns ``folder``."""
     import json
     from pathlib import Path
 
@@ -164,7 +175,9 @@ def write_tokenizer(folder) -> None:
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in _MERGES) + "\n")
-    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77).save_pretrained(folder)
+    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77,
+                  pad_token=pad_token).save_pretrained(folder)
+    return folder
 
 
 def random_sd15_pipeline(size: str = "full", tokenizer_folder=None, seed: int = 0, scheduler=None,

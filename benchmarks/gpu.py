@@ -138,6 +138,7 @@ def ours_on_their_weights(pipe, family: str):
     import torch
 
     from diffusion_notes.checkpoints import diffusers_layout as layout
+    from diffusion_notes.checkpoints.building import place
     from diffusion_notes.models.config import SCALE_FACTORS, TEXT_SPECS
     from diffusion_notes.models.text import PromptEncoder
     from diffusion_notes.models.unet import UNetModel
@@ -153,8 +154,10 @@ def ours_on_their_weights(pipe, family: str):
     tokenizers = [pipe.tokenizer] + ([pipe.tokenizer_2] if family == "sdxl" else [])
     encoders = [pipe.text_encoder] + ([pipe.text_encoder_2] if family == "sdxl" else [])
     config = StableDiffusionConfig(family, unet_config, vae_config, "eps", SCALE_FACTORS[family])
-    return StableDiffusion(config, unet.eval().requires_grad_(False), vae.eval().requires_grad_(False),
-                           PromptEncoder(tokenizers, encoders, TEXT_SPECS[family]))
+    sd = StableDiffusion(config, unet.eval().requires_grad_(False), vae.eval().requires_grad_(False),
+                         PromptEncoder(tokenizers, encoders, TEXT_SPECS[family]))
+    # as the loaders leave a model: on the CPU, convolutions prepacked for oneDNN (models.prepacked)
+    return place(sd, pipe.unet.device, pipe.unet.dtype, prepack=None)
 
 
 def their_scheduler(pipe, sampler: str):

@@ -17,7 +17,8 @@ import torch
 
 from diffusion_notes.precision import default_dtype, dtype_name, resolve_dtype
 
-from .common import alternate, configure_threads, machine, run_ours, run_theirs, table, unet_inputs, unet_pair
+from .common import (alternate, configure_threads, machine, ours_holding, run_ours, run_theirs, table, unet_inputs,
+                     unet_pair)
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -34,10 +35,13 @@ def main(argv=None) -> str:
     p.add_argument("--repeats", type=int, default=4, help="timed rounds (default 4)")
     p.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default 1)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
+    p.add_argument("--plain", action="store_true",
+                   help="also time ours with plain nn.Conv2d (without models.prepacked, the loaders' CPU default)")
     args = p.parse_args(argv)
     configure_threads(args.threads)
 
     ours, theirs, context_dim = unet_pair(args.size)
+    plain = ours_holding(theirs, prepack=False) if args.plain else None
     cpu_default = default_dtype("cpu")
     dtypes = []
     for name in args.precisions:
@@ -47,17 +51,25 @@ def main(argv=None) -> str:
     rows = []
     for dtype in dtypes:  # fp32 first: ours shares diffusers' tensors until it is cast
         ours = ours.to(dtype)
+        plain = plain.to(dtype) if plain is not None else None
         label = dtype_name(dtype) + (" (our default)" if dtype == cpu_default else "")
         for side in args.sides:
             x, t, context = unet_inputs(args.batch, side, context_dim)
+            contestants = {"ours": ours, "ours, plain nn.Conv2d": plain}
+            contestants = {name: unet for name, unet in contestants.items() if unet is not None}
             with torch.inference_mode():
-                error = relative_error(run_ours(ours, x, t, context), run_theirs(theirs, x, t, context))
-            timings = alternate({"ours": lambda: run_ours(ours, x, t, context),
-                                 "diffusers": lambda: run_theirs(theirs, x, t, context)}, args.repeats, args.warmup)
+                reference = run_theirs(theirs, x, t, context)
+                errors = {name: relative_error(run_ours(unet, x, t, context), reference)
+                          for name, unet in contestants.items()}
+            runs = {name: (lambda unet=unet: run_ours(unet, x, t, context)) for name, unet in contestants.items()}
+            runs["diffusers"] = lambda: run_theirs(theirs, x, t, context)
+            timings = alternate(runs, args.repeats, args.warmup)
             print(f"  measured {side}x{side} in {label}", flush=True)
-            rows.append([f"{args.batch}x4x{side}x{side}", label, timings.median("ours"), timings.spread("ours"),
-                         timings.median("diffusers"), timings.spread("diffusers"),
-                         f"{timings.median('ours') / timings.median('diffusers'):.2f}", f"{error:.1e}"])
+            for name in contestants:
+                rows.append([f"{args.batch}x4x{side}x{side}", label if name == "ours" else f"{label}, plain nn.Conv2d",
+                             timings.median(name), timings.spread(name), timings.median("diffusers"),
+                             timings.spread("diffusers"), f"{timings.median(name) / timings.median('diffusers'):.2f}",
+                             f"{errors[name]:.1e}"])
     out = table(["latents", "ours in", "ours s", "ours spread", "diffusers fp32 s", "diffusers spread",
                  "ours/diffusers", "rel. error"], rows)
     params = sum(p.numel() for p in theirs.parameters()) / 1e6

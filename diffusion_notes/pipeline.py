@@ -50,6 +50,7 @@ from .images import (
     mask_to_tensor,
     tensor_to_array,
 )
+from .models.prepacked import PrepackedConv2d
 from .noise import randn
 from .precision import default_dtype
 from .prompts import warn_if_truncated
@@ -416,7 +417,11 @@ def _progress_bar(total: int):
 
 
 def _non_finite_weights(sd) -> list[str]:
-    return [name for name, p in sd.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
+    """Names of the weight tensors holding NaN/inf: the parameters, then the prepacked convolution
+    weights (``models.prepacked``; not parameters), read back one at a time."""
+    bad = [name for name, p in sd.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
+    return bad + [f"{name}.weight" for name, module in sd.named_modules()
+                  if isinstance(module, PrepackedConv2d) and not torch.isfinite(module.weight).all()]
 
 
 def _non_finite_error(sd, what: str, where: str = "") -> Exception:

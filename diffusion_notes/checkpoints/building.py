@@ -2,7 +2,7 @@
 
 Every network is built on the ``meta`` device and receives the loaded tensors with
 ``load_state_dict(assign=True)``; the readers have already converted them to the wanted dtype, one
-tensor at a time (``checkpoints.io.load_state_dict(dtype=)``), so that copy is the one kept. Shared by the single-file and the diffusers-folder readers.
+tensor at a time (``checkpoints.io.load_state_dict(dtype=)``), so that copy is the one kept. Shared by the single-file and the diffusers-folder readers, which finish with :func:`place`.
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, SettingsError
+from ..models.prepacked import prepack_convolutions
 from ..models.text import materialize_position_ids
 
-__all__ = ["check_schedule_values", "load_into", "build", "build_clip", "clip_key", "clip_state_dict", "token_ids", "prediction_name",
-           "DIFFUSERS_PREDICTION"]
+__all__ = ["check_schedule_values", "load_into", "build", "place", "build_clip", "clip_key", "clip_state_dict",
+           "token_ids", "prediction_name", "DIFFUSERS_PREDICTION"]
 
 _PREDICTION_NAMES = {"eps": "eps", "epsilon": "eps", "v": "v", "v_prediction": "v"}
 #: Our prediction-type names -> diffusers' scheduler ``prediction_type``.
@@ -52,6 +53,20 @@ def load_into(module: nn.Module, state_dict: dict, what: str, prefix: str, confi
                                   f"{tuple(slot.shape)}; the file is damaged, or the config describes another model.")
     module.load_state_dict(state_dict, strict=True, assign=True)
     return module.eval().requires_grad_(False)
+
+
+def place(model, device, dtype: torch.dtype, prepack: bool | None):
+    """Move a freshly built ``StableDiffusion`` to ``device`` / ``dtype``; then, when ``prepack`` is True,
+    or None and the networks are on the CPU, prepack the UNet's and VAE's convolutions for oneDNN
+    (:mod:`diffusion_notes.models.prepacked`: the same weights, reordered once instead of at every
+    call; the model is then for inference). The model is ours, just built: nothing of the caller's changes."""
+    model = model.to(device, dtype)
+    if prepack is None:
+        prepack = model.device.type == "cpu"
+    if prepack:
+        prepack_convolutions(model.unet)
+        prepack_convolutions(model.vae)
+    return model
 
 
 def build(cls, config, state_dict: dict, what: str, prefix: str, config_source: str | None = None) -> nn.Module:

@@ -20,7 +20,7 @@ from ..models.vae import AutoencoderKL
 from ..precision import default_dtype
 from ..schedules import DIFFUSERS_NAMES, SD_BETA_RANGE, NoiseSchedule
 from . import diffusers_layout as layout
-from .building import DIFFUSERS_PREDICTION, build, build_clip, check_schedule_values, prediction_name
+from .building import DIFFUSERS_PREDICTION, build, build_clip, check_schedule_values, place, prediction_name
 from .hub import resolve_folder
 from .io import load_state_dict, save_state_dict
 from .tokenizers import load_tokenizer
@@ -38,7 +38,7 @@ WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "dif
 
 
 def load_diffusers_folder(cls, folder_or_hub_id, torch_dtype: torch.dtype | None = None, device=None,
-                          prediction_type: str | None = None):
+                          prediction_type: str | None = None, prepack: bool | None = None):
     """``cls`` (a :class:`~diffusion_notes.stable_diffusion.StableDiffusion`) from a diffusers folder or hub id;
     see :meth:`StableDiffusion.from_pretrained`."""
     from ..stable_diffusion import StableDiffusionConfig
@@ -71,7 +71,7 @@ def load_diffusers_folder(cls, folder_or_hub_id, torch_dtype: torch.dtype | None
     model = cls(config, build(UNetModel, unet_config, unet_sd, "UNet", "unet/", str(root / "unet" / "config.json")),
                 build(AutoencoderKL, vae_config, vae_sd, "VAE", "vae/", str(root / "vae" / "config.json")),
                 _folder_prompt_encoder(root, family, dtype), _schedule_from_scheduler(scheduler, scheduler_path))
-    return model.to(device, dtype)
+    return place(model, device, dtype, prepack)
 
 
 def _parsed(path: Path, parse, data, config: Path | None = None):

@@ -24,7 +24,7 @@ from ..precision import default_dtype
 from ..schedules import NoiseSchedule
 from . import detect
 from .consistency import check_sibling_sizes
-from .building import build, build_clip, clip_state_dict, prediction_name, token_ids
+from .building import build, build_clip, clip_state_dict, place, prediction_name, token_ids
 from .diffusers_folder import refuse_existing
 from .io import load_state_dict, pick_ema, save_state_dict
 from .metadata import ModelMetadata, from_header, read_header, to_header
@@ -40,7 +40,8 @@ __all__ = ["load_single_file", "save_single_file", "model_header"]
 
 
 def load_single_file(cls, path, config=None, tokenizer=None, prediction_type: str | None = None,
-                     torch_dtype: torch.dtype | None = None, device=None, use_ema: bool = False):
+                     torch_dtype: torch.dtype | None = None, device=None, use_ema: bool = False,
+                     prepack: bool | None = None):
     """``cls`` (a :class:`~diffusion_notes.stable_diffusion.StableDiffusion`) from an original checkpoint;
     see :meth:`StableDiffusion.from_single_file`."""
     from ..stable_diffusion import StableDiffusionConfig
@@ -84,7 +85,7 @@ def load_single_file(cls, path, config=None, tokenizer=None, prediction_type: st
     schedule = NoiseSchedule.from_name("scaled_linear", yaml.timesteps, linear_start=yaml.linear_start,
                                        linear_end=yaml.linear_end)
     model = cls(sd_config, unet, vae, PromptEncoder(tokenizers, encoders, TEXT_SPECS[arch.family]), schedule)
-    return model.to(device, dtype)
+    return place(model, device, dtype, prepack)
 
 
 def _is_unused_ema(name: str) -> bool:

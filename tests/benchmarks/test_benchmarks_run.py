@@ -24,11 +24,23 @@ def test_unet_forward_benchmark_prints_its_table(capsys):
     from benchmarks import unet_forward
 
     out = unet_forward.main(["--size", "tiny", "--sides", "8", "--repeats", "1", "--warmup", "0", "--threads", "1",
-                             "--precisions", "fp32", "bf16"])
+                             "--precisions", "fp32", "bf16", "--plain"])
     rows = _rows(out)
-    assert [row[1].split()[0] for row in rows] == ["fp32", "bf16"]
-    assert float(rows[0][-1]) < 1e-5  # the same tensors through both UNets: equal outputs in fp32
+    labels = [row[1] for row in rows]  # ours (prepacked, as loaded) then ours with plain nn.Conv2d, per precision
+    assert labels[1] == labels[0] + ", plain nn.Conv2d" and labels[3] == labels[2] + ", plain nn.Conv2d"
+    assert [row[1].split()[0].rstrip(",") for row in rows] == ["fp32", "fp32", "bf16", "bf16"]
+    assert float(rows[0][-1]) < 1e-5 and float(rows[1][-1]) < 1e-5  # same tensors: equal outputs in fp32
     assert "ours/diffusers" in capsys.readouterr().out
+
+
+def test_vae_decode_benchmark_prints_its_table():
+    from benchmarks import vae_decode
+
+    out = vae_decode.main(["--size", "tiny", "--sides", "4", "--repeats", "1", "--warmup", "0", "--threads", "1",
+                           "--plain"])
+    rows = _rows(out)
+    assert [row[1] for row in rows] == ["ours", "ours, plain nn.Conv2d"] and rows[0][0] == "1x4x4x4 -> 8x8"
+    assert float(rows[0][-1]) < 1e-5 and float(rows[1][-1]) < 1e-5  # the same tensors: the same image
 
 
 def test_sampler_overhead_benchmark_covers_every_registered_sampler():

@@ -52,3 +52,9 @@ def test_merge_chain_and_bad_words():
     assert word_merges("seven") == [("s", "e"), ("se", "v"), ("sev", "e"), ("seve", "n</w>")]
     with pytest.raises(ValueError, match="characters"):
         build_word_tokenizer(["café"], "/tmp/never-written-tokenizer")
+
+
+def test_the_miniature_tests_run_on_one_torch_thread():
+    import torch
+
+    assert torch.get_num_threads() == 1  # tests/conftest.py, ONE_THREAD_FOLDERS

@@ -11,31 +11,18 @@ per head with ``quick_gelu`` for OpenAI CLIP and ``gelu`` for OpenCLIP.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 
 FAMILIES = ("sd1", "sd1-inpaint", "sd2", "sdxl")
 
-_LETTERS = "abcdefghijklmnopqrstuvwxyz!"
-_MERGES = [("t", "h"), ("th", "e</w>"), ("c", "a"), ("ca", "t</w>")]
-
 
 def write_tiny_tokenizer(folder: Path, pad_token: str = "<|endoftext|>") -> Path:
-    """A CLIP BPE tokenizer over single letters plus four merges, padded to 77 tokens."""
-    from transformers import CLIPTokenizer
+    """A CLIP BPE tokenizer over single letters plus four merges, padded to 77 tokens (the benchmarks' one)."""
+    from benchmarks.common import write_tokenizer
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tokens = list(_LETTERS) + [c + "</w>" for c in _LETTERS] + ["".join(m) for m in _MERGES]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in _MERGES) + "\n")
-    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77,
-                              pad_token=pad_token)
-    tokenizer.save_pretrained(folder)
-    return folder
+    return write_tokenizer(Path(folder), pad_token=pad_token)
 
 
 def _tiny_clip(tokenizer, hidden: int, act: str, projection_dim: int | None = None):

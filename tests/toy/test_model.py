@@ -45,3 +45,8 @@ def test_config_round_trip():
 def test_label_out_of_range_fails():
     with pytest.raises(IndexError):
         DigitsUNet()(torch.zeros(1, 1, 8, 8), torch.tensor([0]), torch.tensor([NULL_LABEL + 1]))
+
+
+def test_the_toy_tests_run_on_one_torch_thread():
+    # tests/conftest.py: the small convolutions of tests/toy and tests/mini_sd run on one thread
+    assert torch.get_num_threads() == 1
