@@ -84,8 +84,9 @@ class StableDiffusion(nn.Module):
     tokenizers = property(lambda self: self.prompt_encoder.tokenizers)
     tokenizer = property(lambda self: self.prompt_encoder.tokenizers[0])
     text_encoders = property(lambda self: self.prompt_encoder.text_encoders)
-    device = property(lambda self: self.unet.out[2].weight.device)
-    dtype = property(lambda self: self.unet.out[2].weight.dtype)
+    # read from a Linear weight, always a parameter (a prepacked convolution's weight reads as a copy)
+    device = property(lambda self: self.unet.time_embed[0].weight.device)
+    dtype = property(lambda self: self.unet.time_embed[0].weight.dtype)
 
     # -- conditioning ------------------------------------------------------------------------
     def encode_prompt(self, prompts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -31,6 +31,8 @@ Counterparts: diffusers and CompVis run plain ``nn.Conv2d``; k-diffusion too.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -38,8 +40,10 @@ from torch import nn
 __all__ = ["PrepackedConv2d", "prepack_convolutions", "unpack_convolutions", "prepacking_available"]
 
 
+@functools.cache
 def prepacking_available() -> bool:
-    """True when this torch has oneDNN and the two operators used here (torch >= 2.1 CPU builds)."""
+    """True when this torch has oneDNN and the two operators used here (torch >= 2.1 CPU builds).
+    Asked once per process: every convolution call reads it."""
     try:
         return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
                 and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
@@ -47,6 +51,7 @@ def prepacking_available() -> bool:
         return False
 
 
+@functools.cache
 def _packable_dtype(dtype: torch.dtype) -> bool:
     if dtype == torch.float32:
         return True

@@ -98,19 +98,26 @@ def dpmpp_2s_step(x_bar_, denoised, sigma: float, sigma_down: float, denoise_at)
     return (sigma_down / sigma) * x_bar_ - math.expm1(-h) * denoise_at(u, sigma_s)
 
 
-@register("dpmpp_2m", "DPM++ 2M", "DPM-Solver++(2M) (Lu et al. 2022b Alg. 2): 2nd-order multistep on the denoiser",
-          grid_defaults=SIGMA_GRID)
-def sample_dpmpp_2m(model, x, grid, noise):
-    """DPM++ 2M over the grid. k-diffusion ``sample_dpmpp_2m``; diffusers ``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 2)."""
+def _multistep(model, x, grid, update):
+    """The loop both DPM++ 2M samplers share: at step i, ``x_next = update(x_bar, denoised, old_denoised,
+    sigma_prev, sigma, sigma_next)`` in k-diffusion's variable (``sigma.x_bar``), with ``old_denoised``
+    the previous step's prediction of x_0 (None at the first step, where ``update`` is first order)."""
     old_denoised = None
     for i in range(grid.num_steps):
         t, sigma, sigma_next = float(grid.timesteps[i]), float(grid.sigmas[i]), float(grid.sigmas[i + 1])
         sigma_prev = float(grid.sigmas[i - 1]) if i > 0 else None
         xb = x_bar(x, sigma)
         denoised = denoise(model, xb, sigma, t)
-        x = x_vp(dpmpp_2m_step(xb, denoised, old_denoised, sigma_prev, sigma, sigma_next), sigma_next)
+        x = x_vp(update(xb, denoised, old_denoised, sigma_prev, sigma, sigma_next), sigma_next)
         old_denoised = denoised
         yield Step(i, t, sigma, x, denoised)
+
+
+@register("dpmpp_2m", "DPM++ 2M", "DPM-Solver++(2M) (Lu et al. 2022b Alg. 2): 2nd-order multistep on the denoiser",
+          grid_defaults=SIGMA_GRID)
+def sample_dpmpp_2m(model, x, grid, noise):
+    """DPM++ 2M over the grid. k-diffusion ``sample_dpmpp_2m``; diffusers ``DPMSolverMultistepScheduler`` (``dpmsolver++``, order 2)."""
+    return _multistep(model, x, grid, dpmpp_2m_step)
 
 
 @register("dpmpp_2m_sde", "DPM++ 2M SDE", "DPM-Solver++(2M) for the reverse SDE (midpoint): fresh noise every step",
@@ -118,15 +125,11 @@ def sample_dpmpp_2m(model, x, grid, noise):
 def sample_dpmpp_2m_sde(model, x, grid, noise, eta: float = 1.0, s_noise: float = 1.0):
     """DPM++ 2M SDE over the grid (i.i.d. noise from the run's generator; k-diffusion defaults to a Brownian tree).
     k-diffusion ``sample_dpmpp_2m_sde``; diffusers ``DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")``."""
-    old_denoised = None
-    for i in range(grid.num_steps):
-        t, sigma, sigma_next = float(grid.timesteps[i]), float(grid.sigmas[i]), float(grid.sigmas[i + 1])
-        sigma_prev = float(grid.sigmas[i - 1]) if i > 0 else None
-        xb = x_bar(x, sigma)
-        denoised = denoise(model, xb, sigma, t)
-        x = x_vp(dpmpp_2m_sde_step(xb, denoised, old_denoised, sigma_prev, sigma, sigma_next, noise, eta, s_noise), sigma_next)
-        old_denoised = denoised
-        yield Step(i, t, sigma, x, denoised)
+
+    def update(xb, denoised, old_denoised, sigma_prev, sigma, sigma_next):
+        return dpmpp_2m_sde_step(xb, denoised, old_denoised, sigma_prev, sigma, sigma_next, noise, eta, s_noise)
+
+    return _multistep(model, x, grid, update)
 
 
 @register("dpmpp_2s_a", "DPM++ 2S a", "DPM-Solver++(2S) (Alg. 1, midpoint) to sigma_down, then ancestral noise; 2 calls per step",

@@ -57,4 +57,6 @@ def test_merge_chain_and_bad_words():
 def test_the_miniature_tests_run_on_one_torch_thread():
     import torch
 
-    assert torch.get_num_threads() == 1  # tests/conftest.py, ONE_THREAD_FOLDERS
+    # Guards tests/conftest.py's ONE_THREAD_FOLDERS hook (see tests/toy/test_model.py): without it the
+    # miniature's training tests run several times slower on CI's 2 shared cores, and nothing else fails.
+    assert torch.get_num_threads() == 1
