@@ -23,13 +23,25 @@ the model loads). Any other exception is a bug and keeps its traceback. Ctrl-C s
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import re
 import sys
 import warnings
 from pathlib import Path
 
+import torch
+
+from . import pipeline
 from .errors import CheckpointError, SettingsError
+from .geometry import ModelGeometry, default_size
+from .images import check_image_and_mask, image_to_tensor, make_grid, mask_to_tensor, save_png
+from .mini_sd import MODEL_NAME as DEFAULT_MODEL_NAME
+from .mini_sd import load_mini_sd, weights_path
+from .precision import resolve_dtype
+from .samplers import SAMPLERS, SIGMA_SCHEDULES
+from .settings import SEED_MAX, ImageSize, MemoryOptions, Request, Seed
+from .stable_diffusion import StableDiffusion
 
 __all__ = ["main", "build_parser", "pipeline_defaults", "UsageError", "FLAGS"]
 
@@ -71,18 +83,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def pipeline_defaults(command: str) -> dict:
-    """The defaults of ``pipeline.<command>``'s keywords that flags stand for, from the settings objects
-    where they are defined (the pipeline's signatures read the same values): one place for each."""
-    from .sampling import SamplerSettings
-    from .settings import IMAGE_SAMPLER, IMG2IMG_STRENGTH, INPAINT_STRENGTH, Conditioning
-
-    defaults = dict(sampler=SamplerSettings.sampler if command == "txt2img" else IMAGE_SAMPLER,
-                    steps=SamplerSettings.steps, sigma_schedule=SamplerSettings.sigma_schedule,
-                    guidance_scale=Conditioning.guidance_scale, num_images=Conditioning.num_images)
-    strength = {"img2img": IMG2IMG_STRENGTH, "inpaint": INPAINT_STRENGTH}.get(command)
-    if strength is not None:
-        defaults.update(strength=strength.strength, strength_rule=strength.rule)
-    return defaults
+    """The defaults of the pipeline keywords that flags stand for, read from ``pipeline.<command>``'s own
+    signature where it sets them (the sampler and strength of img2img / inpaint), else from
+    ``Request.build``'s: one place for each default."""
+    build = inspect.signature(Request.build).parameters
+    door = inspect.signature(getattr(pipeline, command)).parameters
+    names = ["sampler", "steps", "sigma_schedule", "guidance_scale", "num_images"]
+    if command != "txt2img":
+        names += ["strength", "strength_rule"]
+    return {name: (door[name] if name in door else build[name]).default for name in names}
 
 
 def build_parser(command: str) -> argparse.ArgumentParser:
@@ -99,8 +108,6 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     model.add_argument("--tokenizer", help="a tokenizer folder or diffusers folder, to load a --ckpt offline")
 
     sampling = p.add_argument_group("sampling")
-    from .samplers import SAMPLERS, SIGMA_SCHEDULES
-
     sampling.add_argument("--sampler", choices=list(SAMPLERS), metavar="NAME",
                           help=f"the sampler: {', '.join(SAMPLERS)} (default {defaults['sampler']})")
     sampling.add_argument("--schedule", choices=list(SIGMA_SCHEDULES), default=defaults["sigma_schedule"],
@@ -110,7 +117,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     sampling.add_argument("--ddim_steps", type=int, default=defaults["steps"],
                           help=f"number of sampling steps (default {defaults['steps']})")
     sampling.add_argument("--ddim_eta", type=float, default=None,
-                          help="eta of DDIM (default 0: deterministic, 1 DDPM-like) or of an ancestral sampler (default 1)")
+                          help="eta of DDIM (default 0: deterministic, 1 DDPM-like) or of an ancestral sampler "
+                               "(default 1); 0 is accepted by every sampler (CompVis passes --ddim_eta 0.0 to PLMS)")
     sampling.add_argument("--scale", type=float, default=defaults["guidance_scale"],
                           help=f"unconditional guidance scale (default {defaults['guidance_scale']})")
     sampling.add_argument("--seed", type=int, default=42,
@@ -149,7 +157,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
 
 
 _DESCRIPTIONS = {
-    "txt2img": "Text to image with a Stable Diffusion checkpoint (CompVis scripts/txt2img.py).",
+    "txt2img": "Text to image with a Stable Diffusion checkpoint (CompVis scripts/txt2img.py). The default "
+               "sampler is PLMS (CompVis's default is DDIM unless --plms is given: pass --ddim for it).",
     "img2img": "Image to image: noise an image part of the way, then denoise it toward the prompt "
                "(CompVis scripts/img2img.py).",
     "inpaint": "Inpainting: repaint the white part of --mask (9-channel inpainting models or mask blending).",
@@ -157,7 +166,7 @@ _DESCRIPTIONS = {
 
 
 # --------------------------------------------------------------------------------------------
-# flags -> settings objects (all checks live in diffusion_notes.settings)
+# flags -> one Request (every check lives in the settings objects)
 # --------------------------------------------------------------------------------------------
 
 
@@ -171,42 +180,29 @@ def _sampler(args, command: str) -> str:
     return chosen[0] if chosen else pipeline_defaults(command)["sampler"]
 
 
-def _pipeline_options(args, command: str, sampler: str) -> dict:
-    """The keyword arguments of ``pipeline.txt2img / img2img / inpaint`` the flags stand for."""
-    from .settings import MemoryOptions
+def _request(args, command: str, sampler: str, prompt: str, seed: int | None, size: ImageSize | None = None) -> Request:
+    """The :class:`~diffusion_notes.settings.Request` the flags stand for, for one prompt and seed (checked
+    as it is made). ``size``: the --init-img's, for img2img and inpaint (None until it is read)."""
+    keywords = dict(negative_prompt=args.negative_prompt, num_images=args.n_samples, guidance_scale=args.scale,
+                    sampler=sampler, steps=args.ddim_steps, sigma_schedule=args.schedule, eta=args.ddim_eta,
+                    seed=seed, progress=True, non_finite="warn" if args.allow_non_finite else "error",
+                    memory=MemoryOptions(vae_slicing=args.slice_vae, vae_tiling=args.tile_vae,
+                                         upcast_attention=args.upcast_attention,
+                                         offload_text_encoder=args.offload_text_encoder))
+    if command == "txt2img":
+        keywords.update(height=args.H, width=args.W)
+    else:
+        keywords.update(strength=args.strength, strength_rule=args.strength_rule, size=size)
+    return Request.build(prompt, **keywords)
 
-    options = dict(negative_prompt=args.negative_prompt, steps=args.ddim_steps, sampler=sampler,
-                   sigma_schedule=args.schedule, guidance_scale=args.scale, eta=args.ddim_eta,
-                   num_images=args.n_samples,
-                   non_finite="warn" if args.allow_non_finite else "error", progress=True,
-                   memory=MemoryOptions(vae_slicing=args.slice_vae, vae_tiling=args.tile_vae,
-                                        upcast_attention=args.upcast_attention,
-                                        offload_text_encoder=args.offload_text_encoder))
-    if command != "txt2img":
-        options.update(strength=args.strength, strength_rule=args.strength_rule)
-    return options
 
-
-def _check_settings(args, command: str, sampler: str, prompts: list[str]) -> None:
-    """Every check that needs no model, through the settings objects' own validate()."""
-    from .pipeline import sampler_settings
-    from .schedules import NoiseSchedule
-    from .settings import Conditioning, OutputOptions, Seed, Strength
-
-    options = _pipeline_options(args, command, sampler)
-    Conditioning(prompts, args.negative_prompt, args.n_samples, args.scale).validate()
-    # every released SD schedule has T = 1000 steps; checked again against the model's own after loading
-    sampler_settings(sampler, args.ddim_steps, args.schedule, eta=args.ddim_eta).grid(NoiseSchedule.stable_diffusion())
-    Seed(args.seed).validate()
-    if args.seed != -1 and args.seed + args.n_iter * len(prompts) - 1 > 2**32 - 1:
-        raise SettingsError("seed", f"seed must leave room for one seed per batch (seed + k up to 4294967295); "
-                            f"{args.seed} + {args.n_iter * len(prompts) - 1} is past it")
-    OutputOptions(non_finite=options["non_finite"]).validate()
-    options["memory"].validate()
+def _check_run(args, prompts: list[str]) -> None:
+    """What the flags ask of the whole run (several batches), beyond one request."""
     if args.n_iter < 1:
         raise UsageError("--n_iter", f"--n_iter must be at least 1, got {args.n_iter}")
-    if command != "txt2img":
-        Strength(args.strength, args.strength_rule).validate()
+    if args.seed != -1 and args.seed + args.n_iter * len(prompts) - 1 > SEED_MAX:
+        raise SettingsError("seed", f"seed must leave room for one seed per batch (seed + k up to {SEED_MAX}); "
+                            f"{args.seed} + {args.n_iter * len(prompts) - 1} is past it")
 
 
 def _prompts(args) -> list[str]:
@@ -231,8 +227,6 @@ def _reason(exc: Exception) -> str:
 
 def _images(args, command: str):
     """The --init-img and --mask pictures, read and checked like every API image (images.image_to_tensor)."""
-    from .images import check_image_and_mask, image_to_tensor, mask_to_tensor
-
     if command == "txt2img":
         return None, None
     image = image_to_tensor(args.init_img, "image")
@@ -243,8 +237,6 @@ def _images(args, command: str):
 
 
 def _device(name: str):
-    import torch
-
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -255,12 +247,6 @@ def _device(name: str):
     except RuntimeError:
         raise UsageError("--device", f"--device {name!r} is not a device; use cuda, cuda:N or cpu") from None
     return device
-
-
-def _dtype(precision: str, device):
-    from .precision import resolve_dtype
-
-    return resolve_dtype(precision, device)
 
 
 def _check_model_source(args) -> None:
@@ -305,34 +291,17 @@ def _check_outdir(outdir: Path) -> None:
         raise UsageError("--outdir", f"--outdir {outdir}: {existing} is not writable; choose another --outdir")
 
 
-def _check_sizes_before_loading(args, command: str, image, prompts: list[str]) -> None:
-    """The size rule and the memory estimate with the VAE geometry read from the file's header (or
-    config), so that an impossible size is refused before the weights are loaded."""
-    from .checkpoints.peek import peek_vae
-    from .settings import ImageSize, MemoryOptions, check_fits_in_memory
-
-    geometry = peek_vae(args.ckpt or args.model or _default_weights())
-    height, width = (args.H, args.W) if command == "txt2img" else tuple(image.shape[-2:])
-    if height is None and width is None:
-        return  # the model's default size
-    size = ImageSize(height if height is not None else width, width if width is not None else height)
-    if command == "txt2img":
-        size.validate(geometry.factor if geometry else 1)
-    else:
-        size.validate_image(geometry.factor if geometry else 1)
-    if geometry:
-        memory = MemoryOptions(vae_slicing=args.slice_vae, vae_tiling=args.tile_vae)
-        check_fits_in_memory(size, args.n_samples, geometry.factor, _device(args.device), geometry.channels, memory)
-
-
 # --------------------------------------------------------------------------------------------
 # loading, generating, writing
 # --------------------------------------------------------------------------------------------
 
 
-def _load(args, device, dtype):
-    from .stable_diffusion import StableDiffusion
+def _model_source(args) -> str:
+    """The checkpoint file or diffusers folder, or the shipped miniature's single file (mini-sd)."""
+    return args.ckpt or args.model or str(weights_path())
 
+
+def _load(args, device, dtype):
     if args.ckpt:
         return StableDiffusion.from_single_file(args.ckpt, config=args.config, tokenizer=args.tokenizer,
                                                 torch_dtype=dtype, device=device)
@@ -341,10 +310,6 @@ def _load(args, device, dtype):
     # --- mini-sd: neither --ckpt nor --model: the miniature shipped with the package (mini_sd/MODEL_CARD.md).
     # On the CPU it runs fastest in fp32 on one thread (measured on the 2-core reference machine: bf16 13x
     # slower for convolutions this small, two OpenMP threads several times slower than one under load).
-    import torch
-
-    from .mini_sd import load_mini_sd
-
     if device.type == "cpu":
         torch.set_num_threads(1)
         if args.precision == "auto":
@@ -352,41 +317,14 @@ def _load(args, device, dtype):
     return load_mini_sd(torch_dtype=dtype, device=device)
 
 
-def _default_weights() -> str:
-    """The shipped miniature's single file (mini-sd), the model when neither --ckpt nor --model is given."""
-    from .mini_sd import weights_path
-
-    return str(weights_path())
-
-
-def _generate(sd, command: str, args, sampler: str, prompt: str, seed: int, image, mask):
-    from . import pipeline
-
-    options = _pipeline_options(args, command, sampler) | {"seed": seed}
-    if command == "txt2img":
-        return pipeline.txt2img(sd, prompt, height=args.H, width=args.W, **options)
-    if command == "img2img":
-        return pipeline.img2img(sd, image, prompt, **options)
-    return pipeline.inpaint(sd, image, mask, prompt, **options)
+#: How each command starts its runs (:mod:`diffusion_notes.pipeline`'s ``begin`` functions).
+_BEGIN = {"txt2img": lambda image, mask: pipeline.begin_from_noise,
+          "img2img": lambda image, mask: pipeline.begin_from_image(image),
+          "inpaint": lambda image, mask: pipeline.begin_inpainting(image, mask)}
 
 
-def _check_against_model(sd, args, command: str, sampler: str, image) -> None:
-    """The checks that need the model, run before the first (slow) step so that nothing is written."""
-    from . import pipeline
-    from .settings import ImageSize
-
-    grid = pipeline.sampler_settings(sampler, args.ddim_steps, args.schedule, eta=args.ddim_eta).grid(sd.schedule)
-    timesteps = grid.timesteps[:-1].flip(0).numpy()  # ascending
-    if command != "inpaint" and pipeline.is_inpainting_model(sd):
-        raise UsageError("--ckpt", f"{_model_name(args)} is an inpainting checkpoint (9-channel UNet); use it with "
-                         f"the inpaint command, or give {command} an ordinary checkpoint")
-    if command != "txt2img":
-        pipeline.strength_timesteps(timesteps, args.ddim_steps, args.strength, args.strength_rule)
-    default_h, default_w = pipeline.default_size(sd)
-    if command == "txt2img":
-        ImageSize(args.H or default_h, args.W or default_w).validate(pipeline.vae_factor(sd))
-    else:
-        ImageSize(*image.shape[-2:]).validate_image(pipeline.vae_factor(sd))
+def _generate(sd, command: str, request: Request, image, mask):
+    return pipeline.generate(sd, request, _BEGIN[command](image, mask))
 
 
 def _next_number(folder: Path, pattern: str) -> int:
@@ -399,9 +337,7 @@ def _next_number(folder: Path, pattern: str) -> int:
 
 def _model_name(args) -> str:
     if not (args.ckpt or args.model):  # mini-sd: the shipped default
-        from .mini_sd import MODEL_NAME
-
-        return MODEL_NAME
+        return DEFAULT_MODEL_NAME
     return Path(args.ckpt).stem if args.ckpt else Path(args.model.rstrip("/")).name
 
 
@@ -415,35 +351,40 @@ class _Progress:
 def _run(command: str, args, progress: _Progress) -> int:
     sampler = _sampler(args, command)
     prompts = _prompts(args)
-    _check_settings(args, command, sampler, prompts)
+    _request(args, command, sampler, prompts[0], args.seed)  # made = checked: every check that needs no model
+    _check_run(args, prompts)
     _check_model_source(args)
     _check_outdir(Path(args.outdir))
     image, mask = _images(args, command)
-    _check_sizes_before_loading(args, command, image, prompts)
+    size = None if image is None else ImageSize(*image.shape[-2:], from_image="image")
     device = _device(args.device)
-    sd = _load(args, device, _dtype(args.precision, device))
-    _check_against_model(sd, args, command, sampler, image)
+    # the size rule and the memory estimate from the file's header, before the (slow) load
+    _request(args, command, sampler, prompts[0], None, size).check_against(
+        ModelGeometry.of_file(_model_source(args), device))
+    sd = _load(args, device, resolve_dtype(args.precision, device))
+    # the same check generate() makes, here before the notes below: a refused setting prints nothing else
+    _request(args, command, sampler, prompts[0], None, size).check_against(ModelGeometry.of_model(sd))
+    if command != "inpaint":
+        pipeline.refuse_inpainting_model(sd, command)
     if not (args.ckpt or args.model):  # mini-sd: say which model the default is
         print(f"using the shipped miniature {_model_name(args)} (32x32 handwritten digits, prompts such as "
               "\"a handwritten seven\"); give --ckpt or --model for a real Stable Diffusion", file=sys.stderr)
-    from .pipeline import default_size
-
     if device.type == "cpu" and max(default_size(sd)) >= 256:
         print("note: running on the CPU, which is slow: expect minutes per 512x512 image", file=sys.stderr)
 
     outdir, samples, model = Path(args.outdir), progress.samples, _model_name(args)
-    first_seed = _random_seed() if args.seed == -1 else args.seed
+    first_seed = Seed(-1).resolve() if args.seed == -1 else args.seed
     if args.seed == -1:
         print(f"note: --seed -1: using the random seed {first_seed}", file=sys.stderr)
     pictures, rows, grid_infotext = [], 0, None
     for _ in range(args.n_iter):
         for prompt in prompts:
             seed = first_seed + rows  # one seed per batch, recorded in each PNG
-            result = _generate(sd, command, args, sampler, prompt, seed, image, mask)
+            result = _generate(sd, command, _request(args, command, sampler, prompt, seed, size), image, mask)
             samples.mkdir(parents=True, exist_ok=True)
             first = _next_number(samples, r"(\d{5})\.png")
             for index, picture in enumerate(result.images):
-                _save(picture, samples / f"{first + index:05}.png", result.infotext(index, model=model))
+                save_png(picture, samples / f"{first + index:05}.png", result.infotext(index, model=model))
                 progress.saved += 1
             pictures += result.images
             grid_infotext = grid_infotext or result.infotext(0, model=model)
@@ -453,24 +394,10 @@ def _run(command: str, args, progress: _Progress) -> int:
     return 0
 
 
-def _random_seed() -> int:
-    from .settings import Seed
-
-    return Seed(-1).resolve()
-
-
-def _save(picture, path: Path, infotext: str) -> None:
-    from .images import save_png
-
-    save_png(picture, path, infotext)
-
-
 def _write_grid(outdir: Path, pictures: list, rows: int, infotext: str) -> None:
     """One grid per run, a row per batch (CompVis: ``make_grid(..., nrow=n_samples)``)."""
-    from .images import make_grid
-
     number = _next_number(outdir, r"grid-(\d{4})\.png")
-    _save(make_grid(pictures, rows), outdir / f"grid-{number:04}.png", infotext)
+    save_png(make_grid(pictures, rows), outdir / f"grid-{number:04}.png", infotext)
 
 
 # --------------------------------------------------------------------------------------------
@@ -503,8 +430,6 @@ def main(argv: list[str]) -> int:
         args = build_parser(command).parse_args(rest)
     except SystemExit as exc:  # --help (0) or a usage error (2), already printed
         return exc.code
-    import torch
-
     previous_format = warnings.formatwarning
     warnings.formatwarning = _one_line_warnings
     progress = _Progress(Path(args.outdir) / "samples")

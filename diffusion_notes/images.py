@@ -9,7 +9,7 @@ Conventions (the same as CompVis's scripts and diffusers' ``VaeImageProcessor``)
   at 0.5 (diffusers ``mask_processor``; CompVis ``inpaint.py``: ``mask[mask < 0.5] = 0``).
 
 Generation parameters travel inside each PNG as a ``parameters`` tEXt chunk in the format of
-AUTOMATIC1111's web UI, which many tools read back::
+AUTOMATIC1111's web UI, which many tools read back (:mod:`diffusion_notes.infotext`)::
 
     a photograph of an astronaut riding a horse
     Negative prompt: blurry
@@ -19,12 +19,14 @@ AUTOMATIC1111's web UI, which many tools read back::
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import SettingsError
+from .infotext import format_parameters, parse_parameters  # noqa: F401  (the PNG text lives in infotext)
 
 __all__ = ["pil_to_tensor", "image_to_tensor", "mask_to_tensor", "check_image_and_mask", "tensor_to_array", "array_to_pil", "make_grid",
            "format_parameters", "parse_parameters", "save_png"]
@@ -192,57 +194,30 @@ def make_grid(images: list, n_rows: int, padding: int = 2):
     return grid
 
 
-def format_parameters(prompt: str, negative_prompt: str = "", **fields) -> str:
-    """AUTOMATIC1111's infotext: the prompt, an optional ``Negative prompt:`` line, then ``Key: value`` pairs.
-
-    ``fields`` use Python names (``cfg_scale=7.5`` -> ``CFG scale: 7.5``); None values are left out.
-    """
-    lines = [prompt]
-    if negative_prompt:
-        lines.append(f"Negative prompt: {negative_prompt}")
-    lines.append(", ".join(f"{_label(k)}: {v}" for k, v in fields.items() if v is not None))
-    return "\n".join(lines)
-
-
-_LABELS = {"cfg_scale": "CFG scale", "eta": "Eta", "denoising_strength": "Denoising strength"}
-
-
-def _label(key: str) -> str:
-    return _LABELS.get(key, key.replace("_", " ").capitalize())
-
-
-def parse_parameters(text: str) -> dict:
-    """The inverse of :func:`format_parameters`: ``{"prompt", "negative_prompt", "Steps", "Sampler", ...}``
-    (values as strings; the keys of the last line as written in the file)."""
-    lines = text.split("\n")
-    *head, last = lines
-    negative = [line for line in head if line.startswith("Negative prompt: ")]
-    prompt = "\n".join(line for line in head if not line.startswith("Negative prompt: "))
-    out = {"prompt": prompt, "negative_prompt": negative[0].removeprefix("Negative prompt: ") if negative else ""}
-    for pair in last.split(", "):
-        key, _, value = pair.partition(": ")
-        out[key] = value
-    return out
-
-
 def save_png(image, path, parameters: str | None = None) -> Path:
     """Write ``image`` to ``path`` with a ``parameters`` tEXt chunk; never replaces an existing file and
     never leaves a partial one.
 
-    The bytes go to a temporary name in the same folder; only the complete file is then hard-linked
+    The bytes go to a fresh hidden name in the same folder; only the complete file is then hard-linked
     to ``path`` (``os.link`` fails if ``path`` exists, so even two runs racing for the same number
-    cannot overwrite each other's pictures) and the temporary name removed. An interruption (Ctrl-C)
-    at any point leaves either the whole picture or nothing.
+    cannot overwrite each other's pictures) and the hidden name removed. An interruption (Ctrl-C)
+    at any point leaves either the whole picture or nothing. The file is created as ``open(path, "xb")``
+    would create it: readable by others as the user's umask allows (0644 under umask 022), not 0600 as
+    ``tempfile.mkstemp`` would make it.
     """
-    import tempfile
-
     from PIL.PngImagePlugin import PngInfo
 
     info = PngInfo()
     if parameters is not None:
         info.add_text("parameters", parameters)
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.tmp")
+    while True:
+        tmp = path.parent / f".{path.stem}.{secrets.token_hex(6)}.png.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "wb") as f:
             image.save(f, format="PNG", pnginfo=info)

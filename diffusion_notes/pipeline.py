@@ -20,9 +20,14 @@ Counterparts: CompVis ``scripts/txt2img.py``, ``scripts/img2img.py`` and the SD 
 diffusers ``StableDiffusionPipeline``, ``StableDiffusionXLPipeline``, ``StableDiffusionImg2ImgPipeline``,
 ``StableDiffusionInpaintPipeline``.
 
-Settings: every keyword argument becomes a frozen settings object of :mod:`diffusion_notes.settings`
-(or :class:`diffusion_notes.sampling.SamplerSettings`), validated once before the first network runs;
-nothing here changes the model it is given (memory options apply inside a context and are undone).
+One path: :func:`generate` runs every generation from a :class:`~diffusion_notes.settings.Request`
+(built from the keywords by ``Request.build``, each part checked when made, then checked against the
+model's geometry). ``txt2img``, ``img2img`` and ``inpaint`` are thin doors onto it: they differ only in
+how they build the request and the initial latents (their ``begin`` functions, which return a
+:class:`Start`). Nothing here changes the model it is given: memory options apply inside
+:func:`diffusion_notes.memory.memory_context` and are undone. The VAE ends live in
+:mod:`diffusion_notes.decoding`, strength and inpainting's blend in :mod:`diffusion_notes.init_image`,
+the PNG text in :mod:`diffusion_notes.infotext`.
 
 Precision: the latents stay float32 between steps and the schedule float64; each UNet call casts its
 input to the model's dtype (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 by default; see
@@ -31,8 +36,9 @@ input to the model's dtype (fp16 on CUDA, bf16 on CPUs with native bf16, else fp
 
 from __future__ import annotations
 
-import contextlib
+import inspect
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,19 +46,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .decoding import NonFiniteDecodeWarning, decode, decode_checked, decode_tiled, encode_image
 from .errors import CheckpointError, SettingsError
+from .geometry import ModelGeometry, default_size, is_inpainting_model, vae_factor
 from .guidance import guided_eps_model
-from .images import (
-    array_to_pil,
-    check_image_and_mask,
-    format_parameters,
-    image_to_tensor,
-    mask_to_tensor,
-    tensor_to_array,
-)
-from .models.prepacked import PrepackedConv2d
+from .images import array_to_pil, check_image_and_mask, image_to_tensor, mask_to_tensor, tensor_to_array
+from .infotext import format_parameters, infotext_fields
+from .init_image import NoDenoisingWarning, blend_known_region, noised, strength_grids, strength_timesteps
+from .memory import memory_context
 from .noise import randn
-from .precision import default_dtype
 from .prompts import warn_if_truncated
 from .sampling import SamplerSettings, Trajectory, sample
 from .samplers import SamplingGrid
@@ -65,16 +67,16 @@ from .settings import (
     ImageSize,
     MemoryOptions,
     OutputOptions,
+    Request,
     Seed,
-    Strength,
-    check_fits_in_memory,
-    infotext_fields,
 )
 
-__all__ = ["txt2img", "img2img", "inpaint", "Generation", "Request", "DiffusionModel", "sampler_settings", "MemoryOptions", "NonFiniteDecodeWarning",
-           "NonFiniteOutputWarning", "NoDenoisingWarning", "decode", "decode_checked", "decode_tiled",
-           "encode_image", "conditioning", "strength_timesteps", "default_size", "default_dtype", "vae_factor",
-           "size_multiple", "check_size", "is_inpainting_model", "STRENGTH_RULES"]
+__all__ = ["txt2img", "img2img", "inpaint", "generate", "Start", "begin_from_noise", "begin_from_latents",
+           "begin_from_image", "begin_inpainting", "Generation", "Request", "DiffusionModel",
+           "MemoryOptions", "NonFiniteDecodeWarning", "NonFiniteOutputWarning", "NoDenoisingWarning", "decode",
+           "decode_checked", "decode_tiled", "encode_image", "conditioning", "strength_timesteps", "default_size",
+           "vae_factor", "is_inpainting_model", "STRENGTH_RULES"]
+
 
 class DiffusionModel(Protocol):
     """What the pipeline reads from its model (:class:`diffusion_notes.stable_diffusion.StableDiffusion`
@@ -85,7 +87,7 @@ class DiffusionModel(Protocol):
     * ``prompt_encoder`` (moved for text-encoder offloading), ``encode_prompt(prompts) -> (context, pooled)``,
       ``sdxl_label(pooled, original_size, crop, target_size)``, ``tokenizer`` (prompt-length warnings);
     * ``schedule`` (:class:`~diffusion_notes.schedules.NoiseSchedule`), ``config`` (``.unet``, ``.vae``),
-      ``family``, ``prediction_type``, ``scale_factor``, ``device``, ``dtype``, ``named_parameters()``.
+      ``family``, ``prediction_type``, ``scale_factor``, ``device``, ``dtype``, ``state_dict()``.
     """
 
     unet: torch.nn.Module
@@ -104,51 +106,34 @@ class DiffusionModel(Protocol):
 
     def sdxl_label(self, pooled, original_size, crop_top_left=(0, 0), target_size=None) -> torch.Tensor: ...
 
-    def named_parameters(self): ...
-
-
-class NonFiniteDecodeWarning(UserWarning):
-    """The VAE produced inf/NaN in fp16/bf16 and the decode was repeated in float32."""
+    def state_dict(self): ...
 
 
 class NonFiniteOutputWarning(UserWarning):
     """``non_finite="warn"``: the latents or images hold NaN/inf and are returned anyway."""
 
 
-class NoDenoisingWarning(UserWarning):
-    """The strength leaves no denoising step: the image comes back only encoded and decoded."""
-
-
 # --------------------------------------------------------------------------------------------
-# what one call asks for, and what it returns
+# what a run starts from, and what it returns
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class Request:
-    """Every setting of one generation, each part validated once by :meth:`validate`."""
+class Start:
+    """How a run begins, as a door's ``begin(sd, request, grid, generator)`` returns it.
 
-    conditioning: Conditioning
-    size: ImageSize
-    sampler: SamplerSettings
-    seed: Seed
-    output: OutputOptions
-    memory: MemoryOptions
-    strength: Strength | None = None
+    ``x``: the initial latents (x_T for text to image; the noised image latents for img2img);
+    ``grid``: the levels to denoise over (all of the request's grid, or its last steps);
+    ``c_concat``: channels stacked onto ``x`` at every UNet call (9-channel inpainting models);
+    ``step_hook``: after each step (4-channel inpainting's blend); ``records_strength``: whether the
+    PNG text carries "Denoising strength" (not for inpainting from pure noise, as AUTOMATIC1111).
+    """
 
-    def validate(self, sd) -> SamplingGrid:
-        """Check everything against ``sd`` before any network runs; returns the sampler's grid."""
-        self.conditioning.validate()
-        self.sampler.validate(sd.schedule.num_timesteps)
-        self.seed.validate()
-        self.output.validate()
-        self.memory.validate()
-        if self.strength is not None:
-            self.strength.validate()
-        self.size.validate(vae_factor(sd))
-        check_fits_in_memory(self.size, self.conditioning.batch, vae_factor(sd), sd.device,
-                             sd.config.vae.ch, self.memory)
-        return self.sampler.grid(sd.schedule)
+    x: torch.Tensor
+    grid: SamplingGrid
+    c_concat: torch.Tensor | None = None
+    step_hook: Callable | None = None
+    records_strength: bool = True
 
 
 @dataclass
@@ -161,7 +146,7 @@ class Generation:
     ``pred_x0`` after every step (``return_trajectory``); ``pred_x0_images``: per step, the decoded
     ``pred_x0`` of every sample (``return_trajectory="decoded"``); ``seed``: the seed of the noise
     (drawn at random for ``seed=None`` or -1; None when a ``generator`` was passed); ``request``: the
-    validated settings; ``prompts`` / ``settings``: what :meth:`infotext` writes (derived from ``request``).
+    checked settings; ``prompts`` / ``settings``: what :meth:`infotext` writes (derived from ``request``).
     """
 
     images: list
@@ -181,54 +166,6 @@ class Generation:
         position = {"batch_size": batch, "batch_pos": index} if batch > 1 else {}
         return format_parameters(self.prompts[index], self.negative_prompts[index], **self.settings, **position,
                                  **extra)
-
-
-# --------------------------------------------------------------------------------------------
-# the model's geometry
-# --------------------------------------------------------------------------------------------
-
-
-def default_size(sd) -> tuple[int, int]:
-    """(height, width) the model was trained at: its own record (``config.native_size``, e.g. 32x32 for the
-    shipped miniature) when it has one, else its family's release: SD 1.x and 2.x-base 512, SD 2.x-768 (v)
-    768, SDXL 1024."""
-    native = getattr(sd.config, "native_size", None)
-    if native:
-        return tuple(native)
-    if sd.family == "sdxl":
-        return 1024, 1024
-    if sd.family == "sd2" and sd.prediction_type == "v":
-        return 768, 768
-    return 512, 512
-
-
-def vae_factor(sd) -> int:
-    """Pixels per latent pixel: 2 per autoencoder level below the top (8 for every released SD)."""
-    return 2 ** (len(sd.config.vae.ch_mult) - 1)
-
-
-def size_multiple(sd) -> int:
-    """Image sides must be multiples of this: the VAE's downsampling factor (8 for every SD release).
-    The UNet resizes each upsampling to its skip connection's size, as diffusers does, so odd
-    latent sides are fine (CompVis's UNet always doubles and would need multiples of 64)."""
-    return vae_factor(sd)
-
-
-def check_size(sd, height: int, width: int) -> None:
-    """SettingsError unless ``height`` and ``width`` are positive multiples of :func:`size_multiple`
-    (:meth:`diffusion_notes.settings.ImageSize.validate`, the one size rule)."""
-    ImageSize(height, width).validate(size_multiple(sd))
-
-
-def is_inpainting_model(sd) -> bool:
-    """Inpainting checkpoints read 9 channels: 4 latents, 1 mask, 4 masked-image latents."""
-    return sd.config.unet.in_channels == sd.config.unet.out_channels + 5
-
-
-def _refuse_inpainting_model(sd, what: str) -> None:
-    if is_inpainting_model(sd):
-        raise SettingsError("model", f"this is an inpainting checkpoint (its UNet reads {sd.config.unet.in_channels} "
-                            f"channels); {what} needs an ordinary one, or use inpaint() / the inpaint command with it.")
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,76 +202,8 @@ def conditioning(sd, prompts: list[str], negative_prompts: list[str], height: in
     return c, uc
 
 
-def _conditioning(sd, request: Request) -> tuple[dict, dict]:
-    cond = request.conditioning
-    return conditioning(sd, cond.prompts, cond.negative_prompts, request.size.height, request.size.width,
-                        cond.original_size, tuple(cond.crops_coords_top_left), cond.target_size)
-
-
 # --------------------------------------------------------------------------------------------
-# memory options: applied inside a context, undone on exit
-# --------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _attention_upcast(sd, enabled: bool):
-    """Temporarily compute every attention softmax of the UNet in float32."""
-    layers = [m for m in sd.unet.modules() if hasattr(m, "upcast_attention")] if enabled else []
-    before = [m.upcast_attention for m in layers]
-    for m in layers:
-        m.upcast_attention = True
-    try:
-        yield
-    finally:
-        for m, value in zip(layers, before):
-            m.upcast_attention = value
-
-
-def _is_channels_last(module: torch.nn.Module) -> bool:
-    weights = [p for p in module.parameters() if p.ndim == 4]
-    return bool(weights) and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
-
-
-@contextlib.contextmanager
-def _channels_last(modules: list, enabled: bool):
-    """Temporarily store the convolution weights of ``modules`` in NHWC order (faster on CUDA)."""
-    changed = [m for m in modules if enabled and not _is_channels_last(m)]
-    for m in changed:
-        m.to(memory_format=torch.channels_last)
-    try:
-        yield
-    finally:
-        for m in changed:
-            m.to(memory_format=torch.contiguous_format)
-
-
-@contextlib.contextmanager
-def _text_encoder_offload(sd, enabled: bool):
-    """Temporarily run the text encoder(s) on the CPU in float32 (CPUs are slow at fp16, and the text
-    encoder runs once per prompt, not once per step); put back on their device and dtype afterwards."""
-    if not enabled:
-        yield
-        return
-    first = next(sd.prompt_encoder.parameters())
-    device, dtype = first.device, first.dtype
-    sd.prompt_encoder.to("cpu", torch.float32)
-    try:
-        yield
-    finally:
-        sd.prompt_encoder.to(device, dtype)
-
-
-@contextlib.contextmanager
-def _memory_context(sd, memory: MemoryOptions):
-    with contextlib.ExitStack() as stack:
-        stack.enter_context(_attention_upcast(sd, memory.upcast_attention))
-        stack.enter_context(_channels_last([sd.unet], memory.uses_channels_last(sd.device)))
-        stack.enter_context(_text_encoder_offload(sd, memory.offload_text_encoder))
-        yield
-
-
-# --------------------------------------------------------------------------------------------
-# noise, the model function, the sampling run
+# the one generation path
 # --------------------------------------------------------------------------------------------
 
 
@@ -364,44 +233,57 @@ def _unet_model(sd, channels_last: bool):
     return model
 
 
-@dataclass(frozen=True)
-class _Run:
-    """What the sampling run reads: the model, the validated request, conditioning, randomness."""
+def generate(sd: DiffusionModel, request: Request, begin: Callable | None = None, *,
+             generator: torch.Generator | None = None, callback=None) -> Generation:
+    """Run one generation: check ``request`` against the model, fix the randomness, encode the prompts,
+    let ``begin(sd, request, grid, generator) -> Start`` make the initial latents (default: x_T ~ N(0, I),
+    text to image; it runs first, so its checks come before any network), run the sampler with classifier-free guidance, decode, and package the result.
 
-    sd: object
-    request: Request
-    c: dict
-    uc: dict
-    generator: torch.Generator
-    seed: int | None
-    callback: object
+    ``generator``: a ``torch.Generator`` to draw all noise from instead of the request's seed;
+    ``callback(i, t, x, pred_x0)`` after every step.
+    """
+    if not isinstance(request, Request):
+        raise SettingsError("request", f"request must be a Request (Request.build(...)), got {type(request).__name__}")
+    if callback is not None and not callable(callback):
+        raise SettingsError("callback", f"callback must be callable as callback(i, t, x, pred_x0), got {callback!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise SettingsError("generator", f"generator must be a torch.Generator, got {type(generator).__name__}")
+    request = request.check_against(ModelGeometry.of_model(sd))
+    grid = request.sampler.grid(sd.schedule)
+    with memory_context(sd, request.memory):
+        generator, seed = _generator(request.seed, generator)
+        start = (begin or begin_from_noise)(sd, request, grid, generator)
+        cond = request.conditioning
+        c, uc = conditioning(sd, cond.prompts, cond.negative_prompts, request.size.height, request.size.width,
+                             cond.original_size, tuple(cond.crops_coords_top_left), cond.target_size)
+        if start.c_concat is not None:
+            c, uc = c | {"c_concat": start.c_concat}, uc | {"c_concat": start.c_concat}
+        latents, trajectory = _denoise(sd, request, c, uc, start, generator, callback)
+        return _finish(sd, request, latents, trajectory, seed, start.records_strength)
 
 
-def _denoise(run: _Run, x: torch.Tensor, grid: SamplingGrid, step_hook=None):
-    """Run the sampler from ``x`` over ``grid``; ``step_hook(i, t, x, pred_x0)`` returns the latents the
-    next step starts from (inpainting blends the known region there; :func:`diffusion_notes.sampling.sample`).
+def _denoise(sd, request: Request, c: dict, uc: dict, start: Start, generator, callback):
+    """Run the sampler from ``start.x`` over ``start.grid``. Returns ``(x_0, trajectory or None)``.
+    NaN/inf in the model's output or the latents stops the sampler at that step, reported with its
+    likely cause (:func:`_non_finite_error`)."""
+    options = request.output
+    if start.grid.num_steps == 0:  # strength 0: nothing to denoise
+        return start.x, (Trajectory(x=[start.x]) if options.return_trajectory else None)
+    bar = _progress_bar(start.grid.num_steps) if options.progress else None
 
-    Returns ``(x_0, trajectory or None)``. NaN/inf in the model's output or the latents stops the
-    sampler at that step: reported with its likely cause (:func:`_refuse_non_finite`)."""
-    options = run.request.output
-    if grid.num_steps == 0:  # strength 0: nothing to denoise
-        return x, (Trajectory(x=[x]) if options.return_trajectory else None)
-    bar = _progress_bar(grid.num_steps) if options.progress else None
-
-    def callback(i, t, x_i, pred_x0):
-        if run.callback is not None:
-            run.callback(i, t, x_i, pred_x0)
+    def on_step(i, t, x_i, pred_x0):
+        if callback is not None:
+            callback(i, t, x_i, pred_x0)
         if bar is not None:
             bar.update()
 
-    sd = run.sd
-    channels_last = run.request.memory.uses_channels_last(sd.device)
-    eps_model = guided_eps_model(_unet_model(sd, channels_last), run.c, run.uc, run.request.conditioning.guidance_scale)
+    unet = _unet_model(sd, request.memory.uses_channels_last(sd.device))
+    eps_model = guided_eps_model(unet, c, uc, request.conditioning.guidance_scale)
     try:
         with torch.no_grad():
-            result = sample(eps_model, x, sd.schedule, settings=run.request.sampler, grid=grid,
-                            prediction_type=sd.prediction_type, generator=run.generator, callback=callback,
-                            step_hook=step_hook, return_trajectory=bool(options.return_trajectory))
+            result = sample(eps_model, start.x, start.grid, settings=request.sampler,
+                            prediction_type=sd.prediction_type, generator=generator, callback=on_step,
+                            step_hook=start.step_hook, return_trajectory=bool(options.return_trajectory))
     except FloatingPointError as err:  # the sampler stops at the first step with NaN/inf, whatever the policy
         raise _non_finite_error(sd, "latents", f" ({err})") from None
     finally:
@@ -417,11 +299,9 @@ def _progress_bar(total: int):
 
 
 def _non_finite_weights(sd) -> list[str]:
-    """Names of the weight tensors holding NaN/inf: the parameters, then the prepacked convolution
-    weights (``models.prepacked``; not parameters), read back one at a time."""
-    bad = [name for name, p in sd.named_parameters() if p.is_floating_point() and not torch.isfinite(p).all()]
-    return bad + [f"{name}.weight" for name, module in sd.named_modules()
-                  if isinstance(module, PrepackedConv2d) and not torch.isfinite(module.weight).all()]
+    """Names of the model's weight tensors holding NaN/inf, read from its state dict (which holds every
+    weight in its plain form, however a network keeps it for speed)."""
+    return [name for name, w in sd.state_dict().items() if w.is_floating_point() and not torch.isfinite(w).all()]
 
 
 def _non_finite_error(sd, what: str, where: str = "") -> Exception:
@@ -445,12 +325,11 @@ def _refuse_non_finite(sd, tensor: torch.Tensor, what: str, policy: str) -> None
     error = _non_finite_error(sd, what)
     if policy == "error":
         raise error
-    warnings.warn(f"{error} Returning them as asked (non_finite='warn').", NonFiniteOutputWarning, stacklevel=3)
+    warnings.warn(f"{error} Returning them as asked (non_finite='warn').", NonFiniteOutputWarning, stacklevel=4)
 
 
-def _finish(run: _Run, latents: torch.Tensor, trajectory) -> Generation:
+def _finish(sd, request: Request, latents: torch.Tensor, trajectory, seed, records_strength: bool) -> Generation:
     """Check, decode (unless ``output="latent"``) and package the result."""
-    sd, request = run.sd, run.request
     options = request.output
     _refuse_non_finite(sd, latents, "sampled latents", options.non_finite)
     images, arrays, pred_x0_images = [], None, None
@@ -461,103 +340,83 @@ def _finish(run: _Run, latents: torch.Tensor, trajectory) -> Generation:
         images = array_to_pil(arrays) if options.output == "pil" else []
     if options.return_trajectory == "decoded":
         pred_x0_images = [array_to_pil(tensor_to_array(decode(sd, p, request.memory))) for p in trajectory.pred_x0]
+    fields = infotext_fields(request, seed)
+    if not records_strength:
+        fields["denoising_strength"] = None
     cond = request.conditioning
-    settings = infotext_fields(request.sampler, cond, request.size, run.seed, request.strength)
-    return Generation(images, arrays, latents.float(), trajectory, pred_x0_images, run.seed, cond.prompts,
-                      cond.negative_prompts, settings, request)
+    return Generation(images, arrays, latents.float(), trajectory, pred_x0_images, seed, cond.prompts,
+                      cond.negative_prompts, fields, request)
 
 
-def _validate(sd, request: Request, generator, callback) -> SamplingGrid:
-    """Every check, before any network runs; returns the sampler's grid."""
-    grid = request.validate(sd)
-    if callback is not None and not callable(callback):
-        raise SettingsError("callback", f"callback must be callable as callback(i, t, x, pred_x0), got {callback!r}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise SettingsError("generator", f"generator must be a torch.Generator, got {type(generator).__name__}")
-    return grid
+def _latent_shape(sd, request: Request) -> tuple[int, int, int, int]:
+    return request.size.latent_shape(request.conditioning.batch, sd.config.unet.out_channels, vae_factor(sd))
 
 
-def _start(sd, request: Request, generator, callback) -> _Run:
-    """Fix the randomness and encode the prompts (the first network call)."""
-    generator, seed = _generator(request.seed, generator)
-    c, uc = _conditioning(sd, request)
-    return _Run(sd, request, c, uc, generator, seed, callback)
-
-
-def sampler_settings(sampler: str = SamplerSettings.sampler, steps: int = SamplerSettings.steps,
-                     sigma_schedule: str = SamplerSettings.sigma_schedule,
-                     spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
-                     sampler_options: dict | None = None) -> SamplerSettings:
-    """The pipeline's sampler keywords as one :class:`~diffusion_notes.sampling.SamplerSettings`
-    (``eta`` is one of the sampler's options; None: the sampler's default)."""
-    if sampler_options is not None and not isinstance(sampler_options, dict):
-        raise SettingsError("sampler_options", f"sampler_options must be a dict of the sampler's options, got "
-                            f"{type(sampler_options).__name__}")
-    options = {**({"eta": eta} if eta is not None else {}), **(sampler_options or {})}
-    return SamplerSettings(sampler, steps, sigma_schedule, spacing, steps_offset, options)
-
-
-def _memory(memory) -> MemoryOptions:
-    if memory is not None and not isinstance(memory, MemoryOptions):
-        raise SettingsError("memory", f"memory must be a MemoryOptions, got {type(memory).__name__}")
-    return memory or MemoryOptions()
+def refuse_inpainting_model(sd, what: str) -> None:
+    if is_inpainting_model(sd):
+        raise SettingsError("model", f"this is an inpainting checkpoint (its UNet reads {sd.config.unet.in_channels} "
+                            f"channels); {what} needs an ordinary one, or use inpaint() / the inpaint command with it.")
 
 
 # --------------------------------------------------------------------------------------------
-# text to image
+# the three doors: how each builds its request and its initial latents
 # --------------------------------------------------------------------------------------------
 
 
-def txt2img(sd: DiffusionModel, prompt, *, negative_prompt=Conditioning.negative_prompt,
-            sampler: str = SamplerSettings.sampler, steps: int = SamplerSettings.steps,
-            sigma_schedule: str = SamplerSettings.sigma_schedule, spacing: str | None = None, steps_offset: int | None = None,
-            eta: float | None = None, sampler_options: dict | None = None, guidance_scale: float = Conditioning.guidance_scale,
-            height: int | None = None, width: int | None = None, num_images: int = Conditioning.num_images, seed: int | None = None,
-            generator: torch.Generator | None = None, noise_device=Seed.noise_device, latents: torch.Tensor | None = None,
-            callback=None, output: str = OutputOptions.output, return_trajectory: bool | str = False, progress: bool = False,
-            non_finite: str = OutputOptions.non_finite, memory: MemoryOptions | None = None, original_size=None,
-            crops_coords_top_left=Conditioning.crops_coords_top_left, target_size=None) -> Generation:
-    """Text to image: CompVis ``scripts/txt2img.py``; diffusers ``StableDiffusion(XL)Pipeline.__call__``.
-
-    * ``prompt``: a string or a list (each gives ``num_images`` images); ``negative_prompt`` replaces
-      the '' of the unconditional branch (``uc``); ``guidance_scale`` is ``unconditional_guidance_scale``
-      (:class:`~diffusion_notes.settings.Conditioning`, also SDXL's ``original_size``,
-      ``crops_coords_top_left``, ``target_size``).
-    * ``sampler`` (a key of :data:`diffusion_notes.samplers.SAMPLERS`), ``steps``, ``sigma_schedule``
-      (``"default"``, ``"karras"``, ``"exponential"``), ``spacing`` and ``steps_offset`` (None: the sampler's
-      defaults, CompVis ``"uniform"`` for DDIM/PLMS; ``"leading"`` is diffusers'), ``eta`` (samplers that
-      take it) and ``sampler_options`` (the sampler's other options, e.g. ``set_alpha_to_one``):
-      :class:`diffusion_notes.sampling.SamplerSettings`, which holds their defaults and checks.
-    * ``height``/``width``: default per family (:func:`default_size`), multiples of :func:`size_multiple`.
-    * ``seed``/``generator``: the source of x_T and of any sampler noise. By default a CPU
-      ``torch.Generator`` seeded with ``seed`` (0 to 2**32 - 1; None or -1: random, reported in ``.seed``),
-      so one seed gives the same image on CPU and CUDA; ``noise_device="cuda"`` draws on the GPU instead.
-    * ``latents``: x_T itself ``(B, 4, h, w)`` (what diffusers' ``latents=`` is), e.g. to compare.
-    * ``callback(i, t, x, pred_x0)`` after every step; ``output``, ``return_trajectory``, ``progress``,
-      ``non_finite``: :class:`~diffusion_notes.settings.OutputOptions`; ``memory``: :class:`MemoryOptions`.
-    """
-    _refuse_inpainting_model(sd, "txt2img")
-    default_h, default_w = default_size(sd)
-    size = ImageSize(default_h if height is None else height, default_w if width is None else width)
-    request = Request(
-        Conditioning(prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-                     target_size),
-        size,
-        sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
-        Seed(seed, noise_device),
-        OutputOptions(output, return_trajectory, progress, non_finite),
-        _memory(memory))
-    grid = _validate(sd, request, generator, callback)
-    shape = size.latent_shape(request.conditioning.batch, sd.config.unet.out_channels, vae_factor(sd))
-    if latents is not None:
-        _check_latents(latents, shape, size)
-    with _memory_context(sd, request.memory):
-        run = _start(sd, request, generator, callback)
-        x_T = randn(shape, run.generator, sd.device) if latents is None else latents.to(sd.device, torch.float32)
-        return _finish(run, *_denoise(run, x_T, grid))
+def begin_from_noise(sd, request: Request, grid: SamplingGrid, generator) -> Start:
+    """Text to image: x_T ~ N(0, I), drawn from ``generator`` on its own device, over the whole grid."""
+    refuse_inpainting_model(sd, "txt2img")
+    return Start(randn(_latent_shape(sd, request), generator, sd.device), grid)
 
 
-def _check_latents(latents, shape: tuple, size: ImageSize) -> None:
+def begin_from_latents(latents: torch.Tensor):
+    """Text to image from a given x_T ``latents`` ``(B, 4, h, w)`` (diffusers' ``latents=``)."""
+
+    def begin(sd, request: Request, grid: SamplingGrid, generator) -> Start:
+        refuse_inpainting_model(sd, "txt2img")
+        x_T = _check_latents(latents, _latent_shape(sd, request), request.size)
+        return Start(x_T.to(sd.device, torch.float32), grid)
+
+    return begin
+
+
+def begin_from_image(image: torch.Tensor):
+    """Image to image: the image's latents (``encode_image``, noise from the run's generator), noised to
+    the level the strength asks for (DDPM Eq. 4), denoised over the last steps of the grid."""
+
+    def begin(sd, request: Request, grid: SamplingGrid, generator) -> Start:
+        refuse_inpainting_model(sd, "img2img")
+        kept, noise_grid = strength_grids(request, grid)
+        z0 = encode_image(sd, image, generator).expand(request.conditioning.batch, -1, -1, -1)
+        return Start(noised(z0, noise_grid, randn(z0.shape, generator, sd.device)), kept)
+
+    return begin
+
+
+def begin_inpainting(image: torch.Tensor, mask: torch.Tensor):
+    """Inpainting: pure noise at strength 1, else the noised image as img2img; a 9-channel model reads the
+    mask and the masked image's latents at every step, a 4-channel one gets the known region back after
+    every step (see :func:`inpaint`)."""
+
+    def begin(sd, request: Request, grid: SamplingGrid, generator) -> Start:
+        kept, noise_grid = strength_grids(request, grid)
+        shape = _latent_shape(sd, request)
+        latent_mask = F.interpolate(mask, size=shape[-2:]).to(sd.device)  # nearest
+        from_noise = request.strength.strength == 1
+        z0 = None if from_noise and is_inpainting_model(sd) else encode_image(sd, image, generator).expand(shape)
+        noise = randn(shape, generator, sd.device)
+        x = noise if from_noise else noised(z0, noise_grid, noise)
+        if is_inpainting_model(sd):
+            masked_image_latents = encode_image(sd, image * (mask < 0.5), generator)
+            c_concat = torch.cat([latent_mask, masked_image_latents], dim=1).expand(shape[0], -1, -1, -1)
+            return Start(x, kept, c_concat=c_concat, records_strength=not from_noise)
+        return Start(x, kept, step_hook=blend_known_region(z0, latent_mask, noise, kept),
+                     records_strength=not from_noise)
+
+    return begin
+
+
+def _check_latents(latents, shape: tuple, size: ImageSize) -> torch.Tensor:
     if not isinstance(latents, torch.Tensor):
         raise SettingsError("latents", f"latents must be a torch.Tensor of shape {shape}, got {type(latents).__name__}")
     if tuple(latents.shape) != shape:
@@ -566,140 +425,62 @@ def _check_latents(latents, shape: tuple, size: ImageSize) -> None:
     if not latents.is_floating_point() or not torch.isfinite(latents).all():
         raise SettingsError("latents", "latents must be finite floating-point numbers (x_T ~ N(0, I)); "
                             "they hold NaN/inf or are not floats")
+    return latents
 
 
-# --------------------------------------------------------------------------------------------
-# image to image
-# --------------------------------------------------------------------------------------------
+def txt2img(sd: DiffusionModel, prompt, *, height: int | None = None, width: int | None = None,
+            latents: torch.Tensor | None = None, generator: torch.Generator | None = None, callback=None,
+            **settings) -> Generation:
+    """Text to image: CompVis ``scripts/txt2img.py``; diffusers ``StableDiffusion(XL)Pipeline.__call__``.
 
+    * ``prompt``: a string or a list (each gives ``num_images`` images).
+    * ``height``/``width``: default the model's own size (:func:`default_size`), multiples of the VAE's
+      factor (:func:`vae_factor`, 8 for every SD release).
+    * ``latents``: x_T itself ``(B, 4, h, w)`` (what diffusers' ``latents=`` is), e.g. to compare.
+    * ``generator``: a ``torch.Generator`` for all noise instead of ``seed``; ``callback(i, t, x, pred_x0)``
+      after every step.
+    * ``settings``: every other keyword of :meth:`diffusion_notes.settings.Request.build`, with its default:
 
-def strength_timesteps(timesteps: np.ndarray, steps: int, strength: float, rule: str = "compvis"):
-    r"""``(kept, t_noise)``: the timesteps img2img denoises over (ascending), and the one the image is noised to.
-
-    ``strength`` in [0, 1] says how much of the way from the image to pure noise to go. The two codebases
-    turn it into steps differently:
-
-    * ``"compvis"`` (``scripts/img2img.py``, DDIM only there): ``t_enc = int(strength * ddim_steps)``;
-      ``stochastic_encode`` noises to ``ddim_timesteps[t_enc]`` and ``decode`` then runs the ``t_enc``
-      steps ``ddim_timesteps[:t_enc]``. The image is noised one visited timestep *above* the first step
-      taken, and ``strength = 1`` asks for ``ddim_timesteps[ddim_steps]``, which does not exist
-      (CompVis fails with an IndexError; here a ValueError).
-    * ``"diffusers"`` (``StableDiffusionImg2ImgPipeline.get_timesteps``): ``init_timestep =
-      min(int(steps * strength), steps)``, ``t_start = steps - init_timestep``; it runs the last
-      ``init_timestep`` timesteps and noises to the first of them.
+      ==============================================  ============================================================
+      ``negative_prompt`` ('')                        replaces the '' of the unconditional branch (``uc``)
+      ``guidance_scale`` (7.5), ``num_images`` (1)    ``unconditional_guidance_scale``; images per prompt
+      ``sampler`` ("plms"), ``steps`` (50)            a key of :data:`diffusion_notes.samplers.SAMPLERS`
+      ``sigma_schedule`` ("default")                  or ``"karras"``, ``"exponential"``
+      ``spacing``, ``steps_offset`` (None)            the sampler's defaults (CompVis ``"uniform"`` for DDIM/PLMS)
+      ``eta`` (None), ``sampler_options`` (None)      the sampler's options (:class:`~diffusion_notes.sampling.SamplerSettings`)
+      ``seed`` (None: random), ``noise_device``       0 to 2**32 - 1; a CPU generator by default (same image on CPU and CUDA)
+      ``output`` ("pil"), ``return_trajectory``       :class:`~diffusion_notes.settings.OutputOptions`, with ``progress``
+      ``non_finite`` ("error")                        or ``"warn"``: NaN/inf latents or images
+      ``memory`` (None)                               :class:`~diffusion_notes.settings.MemoryOptions`
+      ``original_size``, ``crops_coords_top_left``,   SDXL's size conditioning (:class:`~diffusion_notes.settings.Conditioning`)
+      ``target_size``
+      ==============================================  ============================================================
     """
-    Strength(strength, rule).validate()
-    if rule == "compvis":
-        t_enc = int(strength * steps)
-        if t_enc == 0:  # no step to take: keep the image un-noised, as "strength 0" promises
-            return timesteps[:0], None
-        if t_enc >= len(timesteps):
-            raise SettingsError("strength_rule", f"strength {strength} with the compvis rule noises to timestep index "
-                                f"{t_enc}, past the last of the {len(timesteps)} timesteps (CompVis fails here too); "
-                                "use a strength below 1 or strength_rule='diffusers'.")
-        return timesteps[:t_enc], int(timesteps[t_enc])
-    if rule == "diffusers":
-        init_timestep = min(int(steps * strength), steps)
-        kept = timesteps[:init_timestep]
-        return kept, (int(kept[-1]) if len(kept) else None)
-    raise AssertionError(rule)  # Strength.validate() refused it
-
-
-def _image_size(image: torch.Tensor) -> ImageSize:
-    return ImageSize(int(image.shape[-2]), int(image.shape[-1]))
-
-
-def _strength_grids(request: Request, grid: SamplingGrid) -> tuple[SamplingGrid, SamplingGrid | None]:
-    """The grid img2img denoises over (the last steps of the run) and the grid whose first level the
-    image is noised to (the same for the diffusers rule, one level higher for CompVis's; None: no noise)."""
-    strength = request.strength
-    timesteps = grid.timesteps[:-1].flip(0).numpy()  # the visited timesteps, ascending
-    kept, t_noise = strength_timesteps(timesteps, request.sampler.steps, strength.strength, strength.rule)
-    n = len(kept)
-    if n == 0:
-        warnings.warn(f"strength {strength.strength} with the {strength.rule} rule and {request.sampler.steps} steps "
-                      "leaves no denoising step: the image is returned only encoded and decoded; raise the strength "
-                      "or the steps to change it", NoDenoisingWarning, stacklevel=3)
-    if t_noise is None:
-        return grid.last(n), None
-    return grid.last(n), grid.last(n if strength.rule == "diffusers" else n + 1)
-
-
-def _noised(z0: torch.Tensor, noise_grid: SamplingGrid | None, noise: torch.Tensor) -> torch.Tensor:
-    """``z0`` noised to the first level of ``noise_grid`` (DDPM Eq. 4); ``z0`` itself when there is no step to take."""
-    if noise_grid is None:
-        return z0
-    return noise_grid.q_sample(z0, noise)
-
-
-def encode_image(sd, image: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    r"""Image in [-1, 1] -> ``scale_factor * z`` with :math:`z \sim q(z|x)`, the noise drawn from ``generator``
-    on its own device (CompVis ``get_first_stage_encoding(encode_first_stage(x))``; diffusers
-    ``latent_dist.sample(generator) * scaling_factor``)."""
-    state = generator.get_state()
-
-    def encode(vae_dtype):
-        generator.set_state(state)  # a float32 retry draws the very same noise
-        with torch.no_grad():
-            posterior = sd.vae.encode(image.to(sd.device, vae_dtype))
-            return sd.scale_factor * posterior.sample(generator).float()
-
-    return _with_float32_retry(sd, encode, "encode")
+    request = Request.build(prompt, height=height, width=width, **settings)
+    begin = begin_from_noise if latents is None else begin_from_latents(latents)
+    return generate(sd, request, begin, generator=generator, callback=callback)
 
 
 def img2img(sd: DiffusionModel, image, prompt, *, strength: float = IMG2IMG_STRENGTH.strength,
-            strength_rule: str = IMG2IMG_STRENGTH.rule,
-            negative_prompt=Conditioning.negative_prompt, sampler: str = IMAGE_SAMPLER,
-            steps: int = SamplerSettings.steps, sigma_schedule: str = SamplerSettings.sigma_schedule,
-            spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
-            sampler_options: dict | None = None, guidance_scale: float = Conditioning.guidance_scale, num_images: int = Conditioning.num_images,
-            seed: int | None = None, generator: torch.Generator | None = None, noise_device=Seed.noise_device, callback=None,
-            output: str = OutputOptions.output, return_trajectory: bool | str = False, progress: bool = False,
-            non_finite: str = OutputOptions.non_finite, memory: MemoryOptions | None = None, original_size=None,
-            crops_coords_top_left=Conditioning.crops_coords_top_left, target_size=None) -> Generation:
+            strength_rule: str = IMG2IMG_STRENGTH.rule, sampler: str = IMAGE_SAMPLER,
+            generator: torch.Generator | None = None, callback=None, **settings) -> Generation:
     """Image to image (SDEdit, Meng et al. 2022): encode, noise to an intermediate timestep, denoise from there.
 
     ``image``: a PIL image, a path, or a ``(1, 3, H, W)`` / ``(3, H, W)`` tensor in [-1, 1]
     (:func:`diffusion_notes.images.image_to_tensor`); its size is the output's. ``strength`` and
-    ``strength_rule``: :func:`strength_timesteps`. The other keywords: those of :func:`txt2img`.
+    ``strength_rule``: :func:`strength_timesteps`. The sampler defaults to DDIM, as CompVis's
+    ``scripts/img2img.py``. The other keywords: those of :func:`txt2img`.
     CompVis ``scripts/img2img.py``; diffusers ``StableDiffusionImg2ImgPipeline``.
     """
-    _refuse_inpainting_model(sd, "img2img")
     image = image_to_tensor(image, "image")
-    size = _image_size(image)
-    size.validate_image(vae_factor(sd))
-    request = Request(
-        Conditioning(prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-                     target_size),
-        size,
-        sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
-        Seed(seed, noise_device),
-        OutputOptions(output, return_trajectory, progress, non_finite),
-        _memory(memory),
-        Strength(strength, strength_rule))
-    grid, noise_grid = _strength_grids(request, _validate(sd, request, generator, callback))
-    with _memory_context(sd, request.memory):
-        run = _start(sd, request, generator, callback)
-        z0 = encode_image(sd, image, run.generator).expand(request.conditioning.batch, -1, -1, -1)
-        x = _noised(z0, noise_grid, randn(z0.shape, run.generator, sd.device))
-        return _finish(run, *_denoise(run, x, grid))
-
-
-# --------------------------------------------------------------------------------------------
-# inpainting
-# --------------------------------------------------------------------------------------------
+    request = Request.build(prompt, size=_image_size(image), strength=strength, strength_rule=strength_rule,
+                            sampler=sampler, **settings)
+    return generate(sd, request, begin_from_image(image), generator=generator, callback=callback)
 
 
 def inpaint(sd: DiffusionModel, image, mask, prompt, *, strength: float = INPAINT_STRENGTH.strength,
-            strength_rule: str = INPAINT_STRENGTH.rule,
-            negative_prompt=Conditioning.negative_prompt, sampler: str = IMAGE_SAMPLER,
-            steps: int = SamplerSettings.steps, sigma_schedule: str = SamplerSettings.sigma_schedule,
-            spacing: str | None = None, steps_offset: int | None = None, eta: float | None = None,
-            sampler_options: dict | None = None, guidance_scale: float = Conditioning.guidance_scale, num_images: int = Conditioning.num_images,
-            seed: int | None = None, generator: torch.Generator | None = None, noise_device=Seed.noise_device, callback=None,
-            output: str = OutputOptions.output, return_trajectory: bool | str = False, progress: bool = False,
-            non_finite: str = OutputOptions.non_finite, memory: MemoryOptions | None = None, original_size=None,
-            crops_coords_top_left=Conditioning.crops_coords_top_left, target_size=None) -> Generation:
+            strength_rule: str = INPAINT_STRENGTH.rule, sampler: str = IMAGE_SAMPLER,
+            generator: torch.Generator | None = None, callback=None, **settings) -> Generation:
     """Repaint where ``mask`` is white (1), keep the rest.
 
     * 9-channel inpainting checkpoints (``sd-v1-5-inpainting``, ``512-inpainting-ema``): the UNet
@@ -708,7 +489,8 @@ def inpaint(sd: DiffusionModel, image, mask, prompt, *, strength: float = INPAIN
     * ordinary 4-channel checkpoints: known-region replacement (Song et al. 2021, score SDE App. I.2;
       CompVis ``p_sample_ddim(mask=)``; diffusers' legacy path; not RePaint, whose contribution is
       resampling): after each step the kept region is replaced by the image noised to the next timestep,
-      ``x = mask * x + (1 - mask) * q_sample(z_0, t_next, noise)``, and by ``z_0`` itself after the last.
+      ``x = mask * x + (1 - mask) * q_sample(z_0, t_next, noise)``, and by ``z_0`` itself after the last
+      (:func:`diffusion_notes.init_image.blend_known_region`).
 
     ``image`` as in :func:`img2img`; ``mask``: a PIL image, a path, or a tensor in [0, 1] of shape
     ``(H, W)``, ``(1, H, W)`` or ``(1, 1, H, W)`` (:func:`diffusion_notes.images.mask_to_tensor`).
@@ -717,141 +499,27 @@ def inpaint(sd: DiffusionModel, image, mask, prompt, *, strength: float = INPAIN
     """
     image, mask = image_to_tensor(image, "image"), mask_to_tensor(mask)
     check_image_and_mask(image, mask)
-    size = _image_size(image)
-    size.validate_image(vae_factor(sd))
-    request = Request(
-        Conditioning(prompt, negative_prompt, num_images, guidance_scale, original_size, crops_coords_top_left,
-                     target_size),
-        size,
-        sampler_settings(sampler, steps, sigma_schedule, spacing, steps_offset, eta, sampler_options),
-        Seed(seed, noise_device),
-        OutputOptions(output, return_trajectory, progress, non_finite),
-        _memory(memory),
-        Strength(strength, strength_rule))
-    grid, noise_grid = _strength_grids(request, _validate(sd, request, generator, callback))
-    strength = request.strength.strength
-    with _memory_context(sd, request.memory):
-        run = _start(sd, request, generator, callback)
-        f = vae_factor(sd)
-        latent_mask = F.interpolate(mask, size=(size.height // f, size.width // f)).to(sd.device)  # nearest
-        shape = size.latent_shape(request.conditioning.batch, sd.config.unet.out_channels, f)
-        z0 = None if strength == 1 and is_inpainting_model(sd) else encode_image(sd, image, run.generator).expand(shape)
-        noise = randn(shape, run.generator, sd.device)
-        x = noise if strength == 1 else _noised(z0, noise_grid, noise)
-        if strength == 1:  # AUTOMATIC1111 writes no "Denoising strength" for inpainting from pure noise
-            run = _Run(run.sd, _without_strength(request), run.c, run.uc, run.generator, run.seed, run.callback)
-        if is_inpainting_model(sd):
-            masked_image_latents = encode_image(sd, image * (mask < 0.5), run.generator)
-            c_concat = torch.cat([latent_mask, masked_image_latents], dim=1).expand(shape[0], -1, -1, -1)
-            run = _Run(run.sd, run.request, run.c | {"c_concat": c_concat}, run.uc | {"c_concat": c_concat},
-                       run.generator, run.seed, run.callback)
-            return _finish(run, *_denoise(run, x, grid))
-        return _finish(run, *_denoise(run, x, grid, _blend_known_region(z0, latent_mask, noise, grid)))
+    request = Request.build(prompt, size=_image_size(image), strength=strength, strength_rule=strength_rule,
+                            sampler=sampler, **settings)
+
+    return generate(sd, request, begin_inpainting(image, mask), generator=generator, callback=callback)
 
 
-def _without_strength(request: Request) -> Request:
-    from dataclasses import replace
-
-    return replace(request, strength=None)
-
-
-def _blend_known_region(z0: torch.Tensor, mask: torch.Tensor, noise: torch.Tensor, grid: SamplingGrid):
-    """The step hook of 4-channel inpainting: after step ``i`` the next step starts from
-    ``mask * x + (1 - mask) * known``, a new tensor (``x`` itself is not touched), where ``known`` is
-    the image noised to the level step ``i`` went to, and ``z_0`` itself after the last step.
-    CompVis's samplers (``mask=``, ``x0=``) blend *before* each step with fresh noise; diffusers blends
-    *after* each step with the initial noise, as here."""
-
-    def hook(i, t, x, pred_x0):
-        known = grid.noised(i + 1, z0, noise) if i + 1 < grid.num_steps else z0  # the level step i went to
-        return mask * x + (1 - mask) * known
-
-    return hook
+def _show_request_keywords(door, left_out: tuple[str, ...]) -> None:
+    """Give ``door`` (whose ``**settings`` go to ``Request.build``) the signature ``help()`` and
+    ``inspect.signature`` show: its own parameters, then every keyword of ``Request.build`` it does not
+    set itself (``left_out``: those that do not apply to it). Derived, so the two cannot drift apart."""
+    own = [p for p in inspect.signature(door).parameters.values() if p.kind is not p.VAR_KEYWORD]
+    names = {p.name for p in own}
+    extra = [p for p in inspect.signature(Request.build).parameters.values()
+             if p.kind is p.KEYWORD_ONLY and p.name not in names and p.name not in left_out]
+    door.__signature__ = inspect.signature(door).replace(parameters=own + extra)
 
 
-# --------------------------------------------------------------------------------------------
-# the VAE decode: NaN fallback, slicing, tiling
-# --------------------------------------------------------------------------------------------
+_show_request_keywords(txt2img, ("size", "strength", "strength_rule"))
+_show_request_keywords(img2img, ("size", "height", "width"))
+_show_request_keywords(inpaint, ("size", "height", "width"))
 
 
-def decode(sd, latents: torch.Tensor, memory: MemoryOptions | None = None) -> torch.Tensor:
-    """Diffusion latents -> ``(B, 3, H, W)`` float32 images in [-1, 1]: ``VAE.decode(latents / scale_factor)``.
-
-    With ``memory.vae_slicing`` one image at a time, with ``memory.vae_tiling`` tile by tile; every decode
-    goes through :func:`decode_checked` (re-run in float32 if fp16/bf16 overflowed).
-    """
-    memory = memory or MemoryOptions()
-    memory.validate()
-    z = latents.float() / sd.scale_factor
-
-    def decode_batch(z_batch):
-        if memory.vae_tiling:
-            return decode_tiled(sd, z_batch, memory.tile_size, memory.tile_overlap)
-        return decode_checked(sd, z_batch)
-
-    with torch.no_grad(), _channels_last([sd.vae], memory.uses_channels_last(sd.device)):
-        if memory.vae_slicing:
-            return torch.cat([decode_batch(z[i : i + 1]) for i in range(z.shape[0])])
-        return decode_batch(z)
-
-
-def decode_checked(sd, z: torch.Tensor) -> torch.Tensor:
-    """``sd.vae.decode(z)`` (unscaled ``z``) in the VAE's dtype; if that gives inf/NaN, again in float32.
-
-    The SDXL VAE's activations exceed fp16's 65504 and decode to NaN/black images (diffusers keeps it in
-    float32 with ``force_upcast``; the fp16-fix VAE rescales its weights). Only the failing decode pays.
-    """
-    return _with_float32_retry(sd, lambda vae_dtype: sd.vae.decode(z.to(sd.device, vae_dtype)).float(), "decode")
-
-
-def _with_float32_retry(sd, run, what: str) -> torch.Tensor:
-    """``run(vae_dtype)``; if the result has inf/NaN in fp16/bf16, warn and ``run(torch.float32)`` with the VAE upcast."""
-    vae_dtype = next(sd.vae.parameters()).dtype
-    result = run(vae_dtype)
-    if vae_dtype == torch.float32 or torch.isfinite(result).all():
-        return result
-    warnings.warn(f"the VAE {what} in {str(vae_dtype).removeprefix('torch.')} gave inf/NaN (activations overflowed); "
-                  f"running the {what} again in float32. Load the model in float32, or use an fp16-safe VAE, to skip this.",
-                  NonFiniteDecodeWarning, stacklevel=3)
-    sd.vae.float()
-    try:
-        return run(torch.float32)
-    finally:
-        sd.vae.to(vae_dtype)
-
-
-def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:
-    """Tile origins along one axis: stride ``tile - overlap``, the last tile flush with the edge."""
-    if size <= tile:
-        return [0]
-    starts = list(range(0, size - tile, tile - overlap))
-    return starts + [size - tile]
-
-
-def _ramp(length: int, fade: int) -> torch.Tensor:
-    """1-D blending weights: rising linearly over ``fade`` pixels at both ends, 1 in between, never 0."""
-    x = torch.arange(length, dtype=torch.float32) + 0.5
-    return torch.minimum(torch.ones(length), torch.minimum(x, length - x) / max(fade, 1))
-
-
-def decode_tiled(sd, z: torch.Tensor, tile: int = 64, overlap: int = 16) -> torch.Tensor:
-    """Decode ``tile`` x ``tile`` latent tiles that overlap by ``overlap`` and average them with linear ramps.
-
-    Memory grows with the tile, not the image. The decoder sees each tile without its surroundings, so
-    pixels near seams (and the mid-block attention, which is global) differ from a full decode; where a
-    single tile covers everything the result is the full decode exactly.
-    """
-    MemoryOptions(vae_tiling=True, tile_size=tile, tile_overlap=overlap).validate()
-    f = vae_factor(sd)
-    batch, _, h, w = z.shape
-    out = torch.zeros(batch, 3, h * f, w * f, device=z.device)
-    weight = torch.zeros(1, 1, h * f, w * f, device=z.device)
-    for top in _tile_starts(h, tile, overlap):
-        for left in _tile_starts(w, tile, overlap):
-            piece = decode_checked(sd, z[:, :, top : top + tile, left : left + tile])
-            ph, pw = piece.shape[-2:]
-            ramp = (_ramp(ph, overlap * f)[:, None] * _ramp(pw, overlap * f)[None, :]).to(z.device)
-            rows, cols = slice(top * f, top * f + ph), slice(left * f, left * f + pw)
-            out[:, :, rows, cols] += piece.to(out.device) * ramp
-            weight[:, :, rows, cols] += ramp
-    return out / weight
+def _image_size(image: torch.Tensor) -> ImageSize:
+    return ImageSize(int(image.shape[-2]), int(image.shape[-1]), from_image="image")

@@ -17,7 +17,8 @@ the GroupNorm statistics (``models.unet.GroupNorm32``) and, when asked, the atte
 
 Counterparts: diffusers always defaults to float32 (``torch_dtype=None``); CompVis's scripts use
 ``precision_scope = autocast`` on CUDA. The capability query is torch's own
-``torch.cpu.get_capabilities()`` (torch >= 2.8; older versions get fp32).
+``torch.cpu.get_capabilities()`` (torch >= 2.8; older versions get fp32), asked through
+:func:`diffusion_notes.hardware.cpu_support`, which tests can force either way.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from collections.abc import Mapping
 import torch
 
 from .errors import SettingsError
+from .hardware import cpu_support, native_bf16_from_capabilities
 
 __all__ = ["PRECISIONS", "cpu_has_native_bf16", "default_dtype", "resolve_dtype", "dtype_name"]
 
@@ -34,21 +36,14 @@ __all__ = ["PRECISIONS", "cpu_has_native_bf16", "default_dtype", "resolve_dtype"
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: CompVis's ``--precision`` spellings: ``autocast`` (its default) and ``full`` (fp32).
 _ALIASES = {"full": "fp32", "autocast": "auto", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-#: Capability names that mean bf16 matrix products run in hardware (``torch.cpu.get_capabilities``).
-_NATIVE_BF16 = ("amx_bf16", "avx512_bf16", "bf16", "sve_bf16")
-
-
-def cpu_capabilities() -> Mapping:
-    """``torch.cpu.get_capabilities()``, or an empty mapping on a torch too old to have it."""
-    query = getattr(torch.cpu, "get_capabilities", None)
-    return query() if query is not None else {}
-
-
 def cpu_has_native_bf16(capabilities: Mapping | None = None) -> bool:
     """True when this CPU multiplies bf16 matrices in hardware (x86 ``amx_bf16`` / ``avx512_bf16``,
-    Arm ``bf16`` / ``sve_bf16``), from ``capabilities`` or torch's own query of this machine."""
-    capabilities = cpu_capabilities() if capabilities is None else capabilities
-    return any(bool(capabilities.get(name, False)) for name in _NATIVE_BF16)
+    Arm ``bf16`` / ``sve_bf16``): from ``capabilities`` (a ``torch.cpu.get_capabilities()``-like
+    mapping) when given, else :func:`diffusion_notes.hardware.cpu_support` (this machine, or what a
+    test forced)."""
+    if capabilities is None:
+        return cpu_support().native_bf16
+    return native_bf16_from_capabilities(capabilities)
 
 
 def default_dtype(device=None, capabilities: Mapping | None = None) -> torch.dtype:

@@ -1,8 +1,9 @@
 r"""One entry point for every sampler: validate the settings once, build the grid, run the registered loop.
 
 :class:`SamplerSettings` holds every choice a user makes about sampling (the sampler, the number of
-steps, the σ schedule, the timestep spacing and the sampler's own options) and is checked in one
-place, :meth:`SamplerSettings.validate`. :func:`sample` then builds the
+steps, the σ schedule, the timestep spacing and the sampler's own options) and checks itself when
+made; what needs the schedule (steps within its length) is checked when the grid is built.
+:func:`sample` takes a grid, or a schedule and the settings to build one: it builds the
 :class:`~diffusion_notes.samplers.grid.SamplingGrid` (the visited timesteps, their :math:`\bar\alpha`
 and :math:`\sigma`, end point included), wraps the network into the function every sampler calls
 (real-valued timesteps, v / x0 outputs converted to :math:`\hat\epsilon`, shape and NaN checks) and
@@ -21,19 +22,23 @@ from typing import Callable, Mapping
 import torch
 
 from .errors import SettingsError
-from .forward import predict_eps_from_z_and_v, predict_noise_from_start
 from .noise import randn
 from .samplers import SAMPLERS, SIGMA_SCHEDULES, SPACINGS, SamplingGrid, build_grid
 from .schedules import NoiseSchedule
 
 __all__ = ["sample", "SamplerSettings", "Trajectory", "model_output_to_eps", "PREDICTION_TYPES",
-           "default_sampler_settings", "GRID_OPTIONS", "eps_from_output"]
+           "default_sampler_settings", "GRID_OPTIONS", "NO_OP_VALUES", "eps_from_output"]
 
 #: What the network outputs: noise (DDPM, SD 1.x, SD 2 base), v (SD 2.x-768), or x0 itself.
 PREDICTION_TYPES = ("eps", "v", "x0")
 
 #: Options every sampler takes, because they shape the grid rather than the update rule.
 GRID_OPTIONS = ("set_alpha_to_one",)
+
+#: Options whose value here makes them do nothing. A sampler without such an option accepts it at that
+#: value (and drops it): CompVis's ``scripts/txt2img.py`` always passes ``eta=opt.ddim_eta`` (default 0)
+#: to ``PLMSSampler.sample``, which accepts 0 and refuses anything else; any other value is refused here too.
+NO_OP_VALUES = {"eta": 0.0}
 
 #: AUTOMATIC1111 appends the σ schedule to the sampler's label ("DPM++ 2M Karras").
 _SCHEDULE_LABELS = {"default": "", "karras": " Karras", "exponential": " Exponential"}
@@ -51,7 +56,7 @@ class Trajectory:
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """Every sampling choice, with its default; :meth:`validate` checks them all, in one place.
+    """Every sampling choice, with its default, checked once when the object is made.
 
     * ``sampler``: a key of :data:`~diffusion_notes.samplers.SAMPLERS` (``"plms"``, ``"ddim"``, ``"euler_a"``, ...);
     * ``steps``: the number of steps S (model evaluations per step depend on the sampler);
@@ -81,20 +86,10 @@ class SamplerSettings:
         options = dict(self.options)
         if "quantize" in options:  # accepted among the options too (the pipeline's sampler_options)
             object.__setattr__(self, "quantize", options.pop("quantize"))
-        object.__setattr__(self, "options", MappingProxyType(options))
-
-    @property
-    def spec(self):
-        return SAMPLERS[self.sampler]
-
-    def validate(self, num_train_timesteps: int | None = None) -> "SamplerSettings":
-        """Raise :class:`~diffusion_notes.errors.SettingsError` for the first bad value; return ``self``."""
         if self.sampler not in SAMPLERS:
             raise SettingsError("sampler", f"sampler must be one of {', '.join(SAMPLERS)}, not {self.sampler!r}")
-        top = num_train_timesteps or 10**9
-        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or not 1 <= self.steps <= top:
-            upper = f" to {num_train_timesteps} (the schedule's length)" if num_train_timesteps else " or more"
-            raise SettingsError("steps", f"the number of sampling steps must be an integer from 1{upper}, got {self.steps!r}")
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise SettingsError("steps", f"the number of sampling steps must be an integer from 1 or more, got {self.steps!r}")
         if self.sigma_schedule not in SIGMA_SCHEDULES:
             raise SettingsError("sigma_schedule", f"sigma_schedule must be one of {', '.join(SIGMA_SCHEDULES)}, not {self.sigma_schedule!r}")
         if self.spacing is not None and self.spacing not in SPACINGS:
@@ -103,19 +98,32 @@ class SamplerSettings:
             raise SettingsError("steps_offset", f"steps_offset must be an integer >= 0 (SD's configs use 1), got {self.steps_offset!r}")
         if not isinstance(self.quantize, bool):
             raise SettingsError("quantize", f"quantize must be True or False, got {self.quantize!r}")
-        spec = self.spec
-        for name, value in self.options.items():
+        spec = SAMPLERS[self.sampler]
+        for name, value in list(options.items()):
             if name in GRID_OPTIONS:
                 _check_option_value(name, value, False, ())
-                continue
-            if name not in spec.options:
+            elif name in spec.options:
+                _check_option_value(name, value, spec.options[name], spec.choices.get(name, ()))
+            elif name in NO_OP_VALUES and _is_value(value, NO_OP_VALUES[name]):
+                del options[name]  # e.g. CompVis's eta = 0 passed to PLMS: accepted, and nothing to do
+            else:
                 takers = [s.name for s in SAMPLERS.values() if name in s.options]
                 also = f" (and to {', '.join(takers[1:])})" if len(takers) > 1 else ""
                 where = f"{name} applies to the {takers[0]} sampler only{also}; " if takers else f"no sampler takes an option {name!r}; "
                 taken = ", ".join([*spec.options, *GRID_OPTIONS])
-                raise SettingsError(name, f"{where}the {self.sampler} sampler takes {taken}")
-            _check_option_value(name, value, spec.options[name], spec.choices.get(name, ()))
-        return self
+                noop = f" ({name}={NO_OP_VALUES[name]:g} is accepted: it changes nothing)" if name in NO_OP_VALUES else ""
+                raise SettingsError(name, f"{where}the {self.sampler} sampler takes {taken}{noop}")
+        object.__setattr__(self, "options", MappingProxyType(options))
+
+    @property
+    def spec(self):
+        return SAMPLERS[self.sampler]
+
+    def check_steps(self, num_train_timesteps: int) -> None:
+        """SettingsError unless ``steps`` is at most the schedule's length (``num_train_timesteps``)."""
+        if self.steps > num_train_timesteps:
+            raise SettingsError("steps", f"the number of sampling steps must be an integer from 1 to "
+                                f"{num_train_timesteps} (the schedule's length), got {self.steps!r}")
 
     def resolved(self) -> "SamplerSettings":
         """A copy with every None and every unspecified option replaced by the sampler's default."""
@@ -133,7 +141,8 @@ class SamplerSettings:
     def grid(self, schedule, timesteps=None) -> SamplingGrid:
         """The validated settings' grid on ``schedule`` (a ``NoiseSchedule`` or its ``alphas_cumprod``)."""
         acp = getattr(schedule, "alphas_cumprod", schedule)
-        r = self.validate(len(acp)).resolved()
+        self.check_steps(len(acp))
+        r = self.resolved()
         try:
             return build_grid(acp, r.steps, r.spacing, r.sigma_schedule, r.steps_offset, r.options["set_alpha_to_one"],
                               timesteps)
@@ -144,6 +153,10 @@ class SamplerSettings:
         """The options handed to the sampler's loop function (the grid options removed)."""
         r = self.resolved()
         return {k: v for k, v in r.options.items() if k not in GRID_OPTIONS}
+
+
+def _is_value(value, expected: float) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value == expected
 
 
 def _check_option_value(name: str, value, default, choices) -> None:
@@ -164,28 +177,18 @@ def _check_option_value(name: str, value, default, choices) -> None:
 
 def default_sampler_settings(sampler: str) -> dict:
     """``spacing``, ``steps_offset`` and ``set_alpha_to_one`` when not given: the sampler's ``grid_defaults``."""
-    SamplerSettings(sampler).validate()
-    return dict(SAMPLERS[sampler].grid_defaults)
+    return dict(SamplerSettings(sampler).spec.grid_defaults)
 
 
-def model_output_to_eps(model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, prediction_type: str):
-    r"""Turn any parameterisation into :math:`e_t`, the quantity every update rule here is written in.
+def eps_from_output(model_output: torch.Tensor, x: torch.Tensor, a_t, prediction_type: str) -> torch.Tensor:
+    r"""Turn any parameterisation into :math:`e_t`, the quantity every update rule here is written in,
+    at the level whose :math:`\bar\alpha_t` is ``a_t`` (a float, or a tensor broadcasting against ``x``):
 
-    v: :math:`\hat\epsilon = \sqrt{\bar\alpha_t}v + \sqrt{1-\bar\alpha_t}x_t` (CompVis SD 2 ``predict_eps_from_z_and_v``);
-    x0: :math:`\hat\epsilon = (x_t/\sqrt{\bar\alpha_t} - \hat x_0)/\sqrt{1/\bar\alpha_t - 1}`.
-    ``t``: integer timesteps (B,) into ``schedule``; :func:`eps_from_output` takes :math:`\bar\alpha_t` itself.
+    * v: :math:`\hat\epsilon = \sqrt{\bar\alpha_t}v + \sqrt{1-\bar\alpha_t}x_t` (Salimans & Ho 2022, App. D;
+      CompVis SD 2 ``predict_eps_from_z_and_v``);
+    * x0: :math:`\hat\epsilon = (x_t/\sqrt{\bar\alpha_t} - \hat x_0)/\sqrt{1/\bar\alpha_t - 1}` (DDPM Eq. 4 solved
+      for :math:`\epsilon`; CompVis ``predict_noise_from_start``).
     """
-    if prediction_type == "eps":
-        return model_output
-    if prediction_type == "v":
-        return predict_eps_from_z_and_v(x, t, model_output, schedule)
-    if prediction_type == "x0":
-        return predict_noise_from_start(x, t, model_output, schedule)
-    raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {prediction_type!r}")
-
-
-def eps_from_output(model_output: torch.Tensor, x: torch.Tensor, a_t: float, prediction_type: str) -> torch.Tensor:
-    r""":func:`model_output_to_eps` at a level given by its :math:`\bar\alpha_t` = ``a_t`` (real-valued timesteps)."""
     if prediction_type == "eps":
         return model_output
     if prediction_type == "v":
@@ -193,6 +196,12 @@ def eps_from_output(model_output: torch.Tensor, x: torch.Tensor, a_t: float, pre
     if prediction_type == "x0":
         return (x / a_t**0.5 - model_output) / (1 / a_t - 1) ** 0.5
     raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {prediction_type!r}")
+
+
+def model_output_to_eps(model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor, schedule: NoiseSchedule, prediction_type: str):
+    r""":func:`eps_from_output` at integer timesteps ``t`` (B,) of ``schedule``: :math:`\bar\alpha_t` looked up per sample."""
+    a_t = schedule.alphas_cumprod.to(x.device)[t.long()].reshape(-1, *([1] * (x.dim() - 1))).to(x.dtype)
+    return eps_from_output(model_output, x, a_t, prediction_type)
 
 
 def _as_number(t: float):
@@ -225,27 +234,17 @@ def _model_function(eps_model, x_T: torch.Tensor, grid: SamplingGrid, prediction
 def sample(
     eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     x_T: torch.Tensor,
-    schedule: NoiseSchedule,
-    sampler: str = "plms",
-    steps: int = 50,
+    schedule: NoiseSchedule | SamplingGrid,
+    sampler: str | None = None,
+    steps: int | None = None,
     *,
-    eta: float | None = None,
-    spacing: str | None = None,
-    prediction_type: str = "eps",
-    set_alpha_to_one: bool | None = None,
-    steps_offset: int | None = None,
-    timesteps=None,
-    sigma_schedule: str = "default",
-    quantize: bool = False,
-    options: Mapping[str, object] | None = None,
     settings: SamplerSettings | None = None,
-    grid: SamplingGrid | None = None,
+    prediction_type: str = "eps",
     generator: torch.Generator | None = None,
     callback: Callable | None = None,
     step_hook: Callable | None = None,
     return_trajectory: bool = False,
-    ddpm_variance: str | None = None,
-    clip_denoised: bool | None = None,
+    **options,
 ):
     r"""Run a sampler from ``x_T`` down the grid; returns ``x_0`` or ``(x_0, Trajectory)``.
 
@@ -253,12 +252,14 @@ def sample(
       classifier-free guidance); ``t`` is a float tensor of shape (B,) holding a real-valued timestep
       (integer-valued on the default σ schedule; rounded to the nearest trained one with ``quantize``);
       it returns what the network predicts, named by ``prediction_type`` (``"eps"``, ``"v"`` or ``"x0"``).
-    * ``sampler``, ``steps``, ``sigma_schedule``, ``spacing``, ``steps_offset``, ``quantize`` and the sampler
-      options (``eta``, ``set_alpha_to_one``, ``ddpm_variance``, ``clip_denoised``, or any in ``options``):
-      see :class:`SamplerSettings`; or pass ``settings=SamplerSettings(...)`` instead of them.
-      A bad value, or an option the sampler does not take, is a :class:`~diffusion_notes.errors.SettingsError`.
-    * ``timesteps`` (ascending) replaces ``steps``/``spacing``; ``grid`` (a
-      :class:`~diffusion_notes.samplers.SamplingGrid`, e.g. ``grid.last(n)`` for image-to-image) replaces all three.
+    * ``schedule``: the :class:`~diffusion_notes.schedules.NoiseSchedule`, whose grid the settings build;
+      or a :class:`~diffusion_notes.samplers.SamplingGrid` itself (e.g. ``grid.last(n)`` for
+      image-to-image, or ``SamplerSettings(...).grid(schedule, timesteps=...)`` for timesteps of your own).
+    * the sampler: ``sampler`` (default ``"plms"``), ``steps`` (default 50) and any other field or option of
+      :class:`SamplerSettings` as keywords (``sigma_schedule``, ``spacing``, ``steps_offset``, ``quantize``,
+      ``eta``, ``set_alpha_to_one``, ``ddpm_variance``, ...); or ``settings=SamplerSettings(...)`` instead of
+      all of them. A bad value, or an option the sampler does not take, is a
+      :class:`~diffusion_notes.errors.SettingsError`.
     * ``generator``: the source of all noise; drawn on the generator's device, so a CPU generator makes
       results device independent.
     * ``callback(i, t, x, pred_x0)`` is called after every step (``t``: the level the step started from).
@@ -266,19 +267,13 @@ def sample(
       latents the sampler continues from (e.g. inpainting's blend of the known region); a new tensor
       of ``x``'s shape, which the loop then carries on from (``x`` itself is overwritten with it).
     """
-    given = {"eta": eta, "set_alpha_to_one": set_alpha_to_one, "ddpm_variance": ddpm_variance, "clip_denoised": clip_denoised}
-    given = {k: v for k, v in given.items() if v is not None}
     if settings is None:
-        settings = SamplerSettings(sampler, steps, sigma_schedule, spacing, steps_offset, {**given, **(options or {})}, quantize)
-    elif given or options or spacing is not None or steps_offset is not None or sigma_schedule != "default" or quantize \
-            or sampler != "plms" or steps != 50:
+        settings = _settings_from_keywords(sampler, steps, options)
+    elif sampler is not None or steps is not None or options:
         raise SettingsError("settings", "pass either settings=SamplerSettings(...) or the separate sampler arguments, not both")
     if prediction_type not in PREDICTION_TYPES:
         raise SettingsError("prediction_type", f"prediction_type must be one of {PREDICTION_TYPES}, not {prediction_type!r}")
-    T = schedule.num_timesteps
-    settings.validate(T)
-    if grid is None:
-        grid = settings.grid(schedule, timesteps)
+    grid = schedule if isinstance(schedule, SamplingGrid) else settings.grid(schedule)
 
     progress = {"step": 0}
     model = _model_function(eps_model, x_T, grid, prediction_type, settings.quantize, progress)
@@ -304,3 +299,15 @@ def sample(
             callback(step.i, t, x, step.pred_x0)
         progress["step"] = step.i + 1
     return (x, trajectory) if return_trajectory else x
+
+
+#: The keywords of :func:`sample` that are fields of :class:`SamplerSettings`; every other keyword is a sampler option.
+_SETTINGS_FIELDS = ("sigma_schedule", "spacing", "steps_offset", "quantize")
+
+
+def _settings_from_keywords(sampler, steps, options: dict) -> SamplerSettings:
+    fields = {k: options.pop(k) for k in _SETTINGS_FIELDS if k in options}
+    options = {k: v for k, v in options.items() if v is not None}  # None: the sampler's default
+    return SamplerSettings(SamplerSettings.sampler if sampler is None else sampler,
+                           SamplerSettings.steps if steps is None else steps, options=options,
+                           **{k: v for k, v in fields.items() if v is not None})

@@ -1,10 +1,14 @@
 r"""The settings of one generation, as frozen typed objects: every default and every check in one place.
 
-``txt2img``, ``img2img`` and ``inpaint`` (:mod:`diffusion_notes.pipeline`) turn their keyword
-arguments into these objects, call each one's ``validate()`` once, and from then on only read them;
-the command line (:mod:`diffusion_notes.cli`) builds the same objects from its flags. A failed check
-raises :class:`~diffusion_notes.errors.SettingsError` carrying the option's Python name (``option``),
-which the command line maps back to its flag (``guidance_scale`` -> ``--scale``).
+Each object checks itself when it is made (``__post_init__``), so an invalid one cannot exist and no
+consumer checks it again. What depends on the model (the size rule, the number of trained timesteps,
+whether the memory suffices) is checked once by :meth:`Request.check_against` with the model's
+:class:`~diffusion_notes.geometry.ModelGeometry`: by the command line from the file's header before
+loading, by the pipeline from the loaded model. ``txt2img``, ``img2img`` and ``inpaint``
+(:mod:`diffusion_notes.pipeline`) and the command line (:mod:`diffusion_notes.cli`) all build their
+:class:`Request` with :meth:`Request.build`. A failed check raises
+:class:`~diffusion_notes.errors.SettingsError` carrying the option's Python name (``option``), which
+the command line maps back to its flag (``guidance_scale`` -> ``--scale``).
 
 =============================  ==============================================================
 object                         what it holds
@@ -15,11 +19,13 @@ object                         what it holds
 :class:`Strength`              img2img / inpaint strength and the rule that turns it into steps
 :class:`OutputOptions`         what to return (PIL, arrays, latents), trajectory, progress, non-finite policy
 :class:`MemoryOptions`         VAE slicing/tiling, attention upcast, text-encoder offload, channels-last
+:class:`Request`               all of the above plus the sampler's settings: one generation
 =============================  ==============================================================
 
 The sampler's own settings (name, steps, spacing, eta, ...) are
 :class:`diffusion_notes.sampling.SamplerSettings`. The PNG ``parameters`` text is derived from these
-objects by :func:`infotext_fields`.
+objects by :func:`diffusion_notes.infotext.infotext_fields`; the memory estimate and the memory
+options' mechanics are in :mod:`diffusion_notes.memory`.
 """
 
 from __future__ import annotations
@@ -27,18 +33,19 @@ from __future__ import annotations
 import math
 import numbers
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from .errors import SettingsError
+from .init_image import STRENGTH_RULES, strength_grids
+from .memory import check_fits_in_memory
+from .sampling import SamplerSettings
 
-__all__ = ["Conditioning", "ImageSize", "Seed", "Strength", "OutputOptions", "MemoryOptions", "STRENGTH_RULES",
-           "OUTPUTS", "NON_FINITE_POLICIES", "SEED_MAX", "RANDOM_SEED", "IMAGE_SAMPLER", "IMG2IMG_STRENGTH",
-           "INPAINT_STRENGTH", "check_real", "check_integer",
-           "latent_memory_bytes", "available_memory_bytes", "check_fits_in_memory"]
+__all__ = ["Conditioning", "ImageSize", "Seed", "Strength", "OutputOptions", "MemoryOptions", "Request",
+           "STRENGTH_RULES", "OUTPUTS", "NON_FINITE_POLICIES", "SEED_MAX", "RANDOM_SEED", "IMAGE_SAMPLER",
+           "IMG2IMG_STRENGTH", "INPAINT_STRENGTH", "check_real", "check_integer", "check_tiles"]
 
-STRENGTH_RULES = ("compvis", "diffusers")
 OUTPUTS = ("pil", "array", "latent")
 #: What to do when the sampled latents or the decoded images hold NaN/inf: stop, or warn and keep going.
 NON_FINITE_POLICIES = ("error", "warn")
@@ -108,7 +115,7 @@ def _prompt_list(option: str, value) -> list[str]:
 
 @dataclass(frozen=True)
 class Conditioning:
-    """What the text encoder and guidance need: CompVis ``c``, ``uc`` and ``unconditional_guidance_scale``.
+    r"""What the text encoder and guidance need: CompVis ``c``, ``uc`` and ``unconditional_guidance_scale``.
 
     ``prompt``: a string or a list (each gives ``num_images`` images, diffusers' order p0, p0, p1, p1);
     ``negative_prompt``: one for all or one per prompt (replaces the '' of ``uc``); ``guidance_scale``
@@ -124,7 +131,7 @@ class Conditioning:
     crops_coords_top_left: tuple[int, int] = (0, 0)
     target_size: tuple[int, int] | None = None
 
-    def validate(self) -> None:
+    def __post_init__(self):
         prompts = _prompt_list("prompt", self.prompt)
         if not prompts:
             raise SettingsError("prompt", "no prompt given; pass a string or a non-empty list of strings")
@@ -168,33 +175,46 @@ _MAX_SIDE = 1 << 20
 
 @dataclass(frozen=True)
 class ImageSize:
-    """Height and width in pixels; both positive multiples of the VAE's factor (8 for every SD release,
-    see :func:`diffusion_notes.pipeline.vae_factor`), the one size rule of the API and the command line."""
+    """Height and width in pixels, positive whole numbers (None: the model's default for that side,
+    filled in by :meth:`Request.check_against`). That they are multiples of the VAE's factor
+    (8 for every SD release; :attr:`diffusion_notes.geometry.ModelGeometry.vae_factor`) depends on the
+    model: :meth:`check_multiple`, called by :meth:`Request.check_against`, the one size rule of the API
+    and the command line. ``from_image``: the size came from a picture, and errors name that picture."""
 
-    height: int
-    width: int
+    height: int | None
+    width: int | None
+    from_image: str | None = None
 
-    def validate(self, multiple: int) -> None:
+    def __post_init__(self):
         for option in ("height", "width"):
-            value = check_integer(option, getattr(self, option), 1, _MAX_SIDE, hint=" (pixels)")
-            if value % multiple:
-                below, above = value // multiple * multiple, (value // multiple + 1) * multiple
-                nearest = f"{below} or {above}" if below else f"{above}"
-                raise SettingsError(option, f"{option} {value} is not a multiple of {multiple} (the VAE's "
-                                    f"downsampling factor for this model); use {nearest}")
+            if getattr(self, option) is not None or self.from_image:
+                check_integer(self.from_image or option, getattr(self, option), 1, _MAX_SIDE, hint=" (pixels)")
+
+    def or_default(self, default: tuple[int, int] | None) -> "ImageSize":
+        """This size with a side given as None taken from ``default`` (height, width)."""
+        if default is None or (self.height is not None and self.width is not None):
+            return self
+        return replace(self, height=default[0] if self.height is None else self.height,
+                       width=default[1] if self.width is None else self.width)
+
+    def check_multiple(self, multiple: int) -> None:
+        """SettingsError unless both sides are multiples of ``multiple`` (naming the nearest ones that are)."""
+        for option in ("height", "width"):
+            value = getattr(self, option)
+            if value is None or value % multiple == 0:
+                continue
+            if self.from_image:
+                nearest = "x".join(str(max(multiple, round(v / multiple) * multiple)) for v in (self.width, self.height))
+                raise SettingsError(self.from_image, f"the {self.from_image} is {self.width}x{self.height} (width x "
+                                    f"height); both sides must be multiples of {multiple} for this model (the VAE's "
+                                    f"factor): resize or crop it to {nearest}")
+            below, above = value // multiple * multiple, (value // multiple + 1) * multiple
+            nearest = f"{below} or {above}" if below else f"{above}"
+            raise SettingsError(option, f"{option} {value} is not a multiple of {multiple} (the VAE's "
+                                f"downsampling factor for this model); use {nearest}")
 
     def latent_shape(self, batch: int, channels: int, multiple: int) -> tuple[int, int, int, int]:
         return (batch, channels, self.height // multiple, self.width // multiple)
-
-    def validate_image(self, multiple: int, option: str = "image") -> None:
-        """:meth:`validate` for a size that comes from a picture: reported against ``option``."""
-        try:
-            self.validate(multiple)
-        except SettingsError as err:
-            nearest = "x".join(str(max(multiple, round(v / multiple) * multiple)) for v in (self.width, self.height))
-            raise SettingsError(option, f"the {option} is {self.width}x{self.height} (width x height); both sides "
-                                f"must be multiples of {multiple} for this model (the VAE's factor): resize or crop "
-                                f"it to {nearest}") from err
 
     @property
     def label(self) -> str:
@@ -212,7 +232,7 @@ class Seed:
     seed: int | None = None
     noise_device: str = "cpu"
 
-    def validate(self) -> None:
+    def __post_init__(self):
         if self.seed is not None:
             check_integer("seed", self.seed, RANDOM_SEED, SEED_MAX, hint=" (0 to 2**32 - 1; -1 or None: random)")
         import torch
@@ -231,12 +251,12 @@ class Seed:
 @dataclass(frozen=True)
 class Strength:
     r"""How far img2img / inpainting noise the image: 0 keeps it, 1 starts from pure noise; ``rule``
-    says how strength becomes steps (:func:`diffusion_notes.pipeline.strength_timesteps`)."""
+    says how strength becomes steps (:func:`diffusion_notes.init_image.strength_timesteps`)."""
 
     strength: float
     rule: str = "compvis"
 
-    def validate(self) -> None:
+    def __post_init__(self):
         check_real("strength", self.strength, 0.0, 1.0, hint=" (0 keeps the image, 1 starts from pure noise)")
         _check_choice("strength_rule", self.rule, STRENGTH_RULES)
 
@@ -257,7 +277,7 @@ class OutputOptions:
     progress: bool = False
     non_finite: str = "error"
 
-    def validate(self) -> None:
+    def __post_init__(self):
         _check_choice("output", self.output, OUTPUTS)
         if not (isinstance(self.return_trajectory, bool) or self.return_trajectory == "decoded"):
             raise SettingsError("return_trajectory", "return_trajectory must be False, True or 'decoded', "
@@ -269,9 +289,19 @@ class OutputOptions:
         _check_choice("non_finite", self.non_finite, NON_FINITE_POLICIES)
 
 
+def check_tiles(tile_size, tile_overlap) -> tuple[int, int]:
+    """The VAE tiling's tile and overlap (latent pixels) as ints; SettingsError unless 0 <= overlap < tile."""
+    tile = check_integer("tile_size", tile_size, 1, hint=" (latent pixels)")
+    overlap = check_integer("tile_overlap", tile_overlap, 0, hint=" (latent pixels)")
+    if overlap >= tile:
+        raise SettingsError("tile_overlap", f"the tile overlap ({overlap}) must be smaller than the tile ({tile})")
+    return tile, overlap
+
+
 @dataclass(frozen=True)
 class MemoryOptions:
     """Ways to fit a small GPU. Slicing is exact; tiling differs from a full decode near tile seams.
+    How each is applied (and undone): :mod:`diffusion_notes.memory`.
 
     * ``vae_slicing``: decode one image of the batch at a time (diffusers ``enable_vae_slicing``);
     * ``vae_tiling``: decode ``tile_size`` x ``tile_size`` latent tiles overlapping by ``tile_overlap``
@@ -279,8 +309,9 @@ class MemoryOptions:
     * ``upcast_attention``: softmax of every attention layer in float32 (SD 2.1 in fp16 needs it);
     * ``offload_text_encoder``: run the CLIP encoder(s) on the CPU in float32; only the features go to
       the GPU (the encoders are put back where they were afterwards);
-    * ``channels_last``: NHWC memory format for the convolutions (None: only on CUDA, where it is faster);
-      the networks get their memory format back afterwards.
+    * ``channels_last``: NHWC memory format for the plain convolutions (None: only on CUDA, where it is
+      faster); the networks get their memory format back afterwards. Convolutions prepacked for oneDNN
+      (CPU, :mod:`diffusion_notes.models.prepacked`) always run channels-last and are left as they are.
     """
 
     vae_slicing: bool = False
@@ -291,15 +322,12 @@ class MemoryOptions:
     offload_text_encoder: bool = False
     channels_last: bool | None = None
 
-    def validate(self) -> None:
+    def __post_init__(self):
         for option in ("vae_slicing", "vae_tiling", "upcast_attention", "offload_text_encoder"):
             _check_flag(option, getattr(self, option))
         if self.channels_last is not None:
             _check_flag("channels_last", self.channels_last)
-        tile = check_integer("tile_size", self.tile_size, 1, hint=" (latent pixels)")
-        overlap = check_integer("tile_overlap", self.tile_overlap, 0, hint=" (latent pixels)")
-        if overlap >= tile:
-            raise SettingsError("tile_overlap", f"the tile overlap ({overlap}) must be smaller than the tile ({tile})")
+        check_tiles(self.tile_size, self.tile_overlap)
 
     def uses_channels_last(self, device) -> bool:
         return (getattr(device, "type", str(device)) == "cuda") if self.channels_last is None else self.channels_last
@@ -312,69 +340,81 @@ INPAINT_STRENGTH = Strength(1.0, "diffusers")
 
 
 # --------------------------------------------------------------------------------------------
-# memory: refuse sizes that cannot fit before anything is loaded
+# one generation
 # --------------------------------------------------------------------------------------------
 
 
-def latent_memory_bytes(batch: int, height: int, width: int, multiple: int, latent_channels: int = 4,
-                        vae_channels: int = 128) -> int:
-    """A lower bound on the memory one generation needs, in bytes (float32 activations).
-
-    The decoder's last block holds ``vae_channels`` full-resolution feature maps (128 for every SD
-    VAE) of the whole batch at once, beside the decoded image itself; the latents and the UNet's
-    activations come on top. (With VAE slicing it is one image at a time, with tiling one tile.)
-    """
-    pixels = height * width
-    return 4 * batch * (pixels * (vae_channels + 3) + latent_channels * pixels // (multiple * multiple))
+def _instance(option: str, value, kind: type):
+    if not isinstance(value, kind):
+        raise SettingsError(option, f"{option} must be a {kind.__name__}, got {type(value).__name__}")
+    return value
 
 
-def available_memory_bytes(device=None) -> int | None:
-    """The total memory of ``device`` (a CUDA GPU's, else the machine's RAM), or None when unknown."""
-    import torch
+@dataclass(frozen=True)
+class Request:
+    """Every setting of one generation. Each part checked itself when made; :meth:`check_against` adds
+    what depends on the model. A side of ``size`` that is None: the model's default (filled in by
+    :meth:`check_against`)."""
 
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    if device.type == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_properties(device).total_memory
-    try:
-        import os
+    conditioning: Conditioning
+    sampler: SamplerSettings
+    size: ImageSize = ImageSize(None, None)
+    seed: Seed = Seed()
+    output: OutputOptions = OutputOptions()
+    memory: MemoryOptions = MemoryOptions()
+    strength: Strength | None = None
 
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
+    def __post_init__(self):
+        for option, kind in (("conditioning", Conditioning), ("sampler", SamplerSettings), ("size", ImageSize),
+                             ("seed", Seed), ("output", OutputOptions), ("memory", MemoryOptions)):
+            _instance(option, getattr(self, option), kind)
+        if self.strength is not None:
+            _instance("strength", self.strength, Strength)
 
+    @classmethod
+    def build(cls, prompt, *, negative_prompt="", num_images: int = 1, guidance_scale: float = 7.5,
+              original_size=None, crops_coords_top_left=(0, 0), target_size=None,
+              sampler: str = SamplerSettings.sampler, steps: int = SamplerSettings.steps,
+              sigma_schedule: str = SamplerSettings.sigma_schedule, spacing: str | None = None,
+              steps_offset: int | None = None, eta: float | None = None, sampler_options: dict | None = None,
+              height: int | None = None, width: int | None = None, size: ImageSize | None = None,
+              seed: int | None = None, noise_device: str = "cpu", output: str = "pil",
+              return_trajectory: bool | str = False, progress: bool = False, non_finite: str = "error",
+              memory: MemoryOptions | None = None, strength: float | None = None,
+              strength_rule: str = "compvis") -> "Request":
+        """The request of a pipeline call's keywords (those of :func:`diffusion_notes.pipeline.txt2img`;
+        ``strength`` None: no image to start from). ``height``/``width``: either left out takes the
+        model's default; ``size``: an :class:`ImageSize` instead (e.g. an image's)."""
+        if sampler_options is not None and not isinstance(sampler_options, dict):
+            raise SettingsError("sampler_options", f"sampler_options must be a dict of the sampler's options, got "
+                                f"{type(sampler_options).__name__}")
+        options = {**({"eta": eta} if eta is not None else {}), **(sampler_options or {})}
+        if size is not None and (height is not None or width is not None):
+            raise SettingsError("height", f"the {size.from_image or 'size'} sets the size ({size.label}); "
+                                "height and width do not apply")
+        if size is None:
+            size = ImageSize(height, width)
+        return cls(Conditioning(prompt, negative_prompt, num_images, guidance_scale, original_size,
+                                crops_coords_top_left, target_size),
+                   SamplerSettings(sampler, steps, sigma_schedule, spacing, steps_offset, options),
+                   size, Seed(seed, noise_device), OutputOptions(output, return_trajectory, progress, non_finite),
+                   MemoryOptions() if memory is None else _instance("memory", memory, MemoryOptions),
+                   None if strength is None else Strength(strength, strength_rule))
 
-def check_fits_in_memory(size: ImageSize, batch: int, multiple: int, device=None, vae_channels: int = 128,
-                         memory: MemoryOptions | None = None) -> None:
-    """SettingsError (``height``) when even the lower bound of :func:`latent_memory_bytes` exceeds the
-    device's total memory: such a size would only fail after minutes, or swap the machine to a halt."""
-    memory = memory or MemoryOptions()
-    decoded_batch = 1 if memory.vae_slicing or memory.vae_tiling else batch
-    needed = latent_memory_bytes(decoded_batch, size.height, size.width, multiple, vae_channels=vae_channels)
-    if memory.vae_tiling:  # the decoder then holds one tile, but the output image is still whole
-        tile = memory.tile_size * multiple
-        needed = latent_memory_bytes(1, min(size.height, tile), min(size.width, tile), multiple,
-                                     vae_channels=vae_channels) + 4 * 3 * batch * size.height * size.width
-    total = available_memory_bytes(device)
-    if total is not None and needed > total:
-        raise SettingsError("height", f"{size.height}x{size.width} pixels (height x width) for {batch} image(s) needs "
-                            f"at least {needed / 2**30:.1f} GiB, more than the {total / 2**30:.1f} GiB this device has; "
-                            "choose a smaller height and width (or fewer images)")
-
-
-# --------------------------------------------------------------------------------------------
-# the PNG's parameters, from the settings
-# --------------------------------------------------------------------------------------------
-
-
-def infotext_fields(sampler, conditioning: Conditioning, size: ImageSize, seed: int | None,
-                    strength: Strength | None = None) -> dict:
-    """AUTOMATIC1111's ``parameters`` fields (:func:`diffusion_notes.images.format_parameters`) of one request.
-
-    ``sampler`` (a :class:`~diffusion_notes.sampling.SamplerSettings`) provides ``steps``, ``label`` and
-    the ``eta`` given; ``seed`` is the seed actually used (None when the caller's own generator was
-    used: no seed could honestly be written).
-    """
-    eta = sampler.options.get("eta")
-    return dict(steps=sampler.steps, sampler=sampler.label, cfg_scale=conditioning.guidance_scale, seed=seed,
-                size=size.label, eta=eta if eta else None,
-                denoising_strength=strength.strength if strength is not None else None)
+    def check_against(self, geometry) -> "Request":
+        """Check what depends on the model (a :class:`~diffusion_notes.geometry.ModelGeometry`; what it does
+        not know, e.g. before loading a ``.ckpt``, is left for the check after loading): the size rule,
+        the steps against the trained timesteps, the memory estimate, and that the strength leaves a
+        timestep to noise to. Returns the request with the default size filled in where a side was None.
+        Before loading (no default size known) a side left out is checked after loading."""
+        request = replace(self, size=self.size.or_default(geometry.default_size))
+        if geometry.vae_factor is not None:
+            request.size.check_multiple(geometry.vae_factor)
+            if geometry.vae_channels is not None and None not in (request.size.height, request.size.width):
+                check_fits_in_memory(request.size, self.conditioning.batch, geometry.vae_factor, geometry.device,
+                                     geometry.vae_channels, self.memory)
+        if geometry.alphas_cumprod is not None:
+            grid = self.sampler.grid(geometry.alphas_cumprod)
+            if self.strength is not None:
+                strength_grids(self, grid, warn=False)
+        return request

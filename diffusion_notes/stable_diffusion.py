@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from . import pipeline
+from . import decoding, pipeline
 from .models.config import AutoencoderConfig, UNetConfig
 from .models.embeddings import size_embedding
 from .models.text import PromptEncoder
@@ -84,9 +84,9 @@ class StableDiffusion(nn.Module):
     tokenizers = property(lambda self: self.prompt_encoder.tokenizers)
     tokenizer = property(lambda self: self.prompt_encoder.tokenizers[0])
     text_encoders = property(lambda self: self.prompt_encoder.text_encoders)
-    # read from a Linear weight, always a parameter (a prepacked convolution's weight reads as a copy)
-    device = property(lambda self: self.unet.time_embed[0].weight.device)
-    dtype = property(lambda self: self.unet.time_embed[0].weight.dtype)
+    # any UNet parameter: all share one device and dtype
+    device = property(lambda self: next(self.unet.parameters()).device)
+    dtype = property(lambda self: next(self.unet.parameters()).dtype)
 
     # -- conditioning ------------------------------------------------------------------------
     def encode_prompt(self, prompts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -109,11 +109,11 @@ class StableDiffusion(nn.Module):
 
     def encode_image(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Image in [-1, 1] -> diffusion-model latents ``scale_factor * z``, ``z ~ q(z|x)`` (float32; see
-        :func:`diffusion_notes.pipeline.encode_image`: the noise comes from ``generator``'s device)."""
+        :func:`diffusion_notes.decoding.encode_image`: the noise comes from ``generator``'s device)."""
         if generator is None:
             generator = torch.Generator()
             generator.seed()  # a fresh random seed, as torch.randn without a generator would behave
-        return pipeline.encode_image(self, image, generator)
+        return decoding.encode_image(self, image, generator)
 
     # -- generation (diffusion_notes/pipeline.py) ---------------------------------------------
 
@@ -123,9 +123,9 @@ class StableDiffusion(nn.Module):
     inpaint = _pipeline_method(pipeline.inpaint)
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Diffusion-model latents -> float32 image in [-1, 1], not clamped (:func:`diffusion_notes.pipeline.decode`,
+        """Diffusion-model latents -> float32 image in [-1, 1], not clamped (:func:`diffusion_notes.decoding.decode`,
         with its float32 retry when fp16 overflows)."""
-        return pipeline.decode(self, latents)
+        return decoding.decode(self, latents)
 
     def to(self, device=None, dtype=None):
         """Move/cast the networks (the schedule stays float64: samplers divide by its buffers)."""

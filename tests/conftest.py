@@ -49,11 +49,30 @@ def _fp32_cpu_default():
 
     Since the bf16 default (``diffusion_notes.precision``), a CPU with AMX or AVX-512 BF16 would load
     models in bf16 when no dtype is given, and the diffusers-equivalence tests compare in fp32 to
-    1e-5. Pinned here, in one place, by hiding the CPU's capabilities; tests of the default itself
-    pass ``capabilities=`` explicitly (tests/test_precision.py).
+    1e-5. Pinned here, in one place, by forcing the one capability answer
+    (:func:`diffusion_notes.hardware.forced_cpu_support`); with it, bf16 weights are never prepacked
+    either, on any CPU. Tests of the default itself pass ``capabilities=`` explicitly
+    (tests/test_precision.py); tests of CPU-dependent paths force each answer themselves
+    (``cpu_answers`` below).
     """
-    from diffusion_notes import precision
+    from diffusion_notes.hardware import forced_cpu_support
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(precision, "cpu_capabilities", lambda: {})
+    with forced_cpu_support(native_bf16=False):
         yield
+
+
+#: Both answers of the CPU capability that generation depends on (diffusion_notes.hardware): an
+#: AVX2-only CPU (fp32 prepacked, bf16 plain) and a CPU with native bf16 (both prepacked), plus no
+#: prepacking at all (a torch without oneDNN). Forcing native bf16 on a CPU without it is safe: bf16
+#: then runs emulated, and a convolution oneDNN refuses falls back to F.conv2d.
+CPU_ANSWERS = {"avx2": dict(native_bf16=False, prepacking=True), "native-bf16": dict(native_bf16=True, prepacking=True),
+               "no-onednn": dict(native_bf16=False, prepacking=False)}
+
+
+@pytest.fixture(params=list(CPU_ANSWERS))
+def cpu_answers(request):
+    """Run the test under each answer of :data:`CPU_ANSWERS`, whatever this machine's CPU is."""
+    from diffusion_notes.hardware import forced_cpu_support
+
+    with forced_cpu_support(**CPU_ANSWERS[request.param]) as answer:
+        yield answer

@@ -1,4 +1,4 @@
-"""Bad generation settings, one per case: each is refused by its settings object's validate() with a
+"""Bad generation settings, one per case: each is refused when its settings object is made, with a
 SettingsError naming the option (which the command line maps to its flag), in one line.
 
 Issue 10's categories covered here: non-finite numbers, wrong types, out-of-range values, seeds
@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from diffusion_notes.errors import SettingsError
+from diffusion_notes.memory import check_fits_in_memory
 from diffusion_notes.settings import (
     SEED_MAX,
     Conditioning,
@@ -22,15 +23,17 @@ from diffusion_notes.settings import (
     OutputOptions,
     Seed,
     Strength,
-    check_fits_in_memory,
 )
 
 NAN, INF = float("nan"), float("inf")
 
 
-def _refused(settings, option: str, *validate_args) -> str:
+def _refused(make, option: str, multiple: int | None = None) -> str:
+    """``make()`` builds a settings object, which checks itself; ``multiple``: then the size rule."""
     with pytest.raises(SettingsError) as excinfo:
-        settings.validate(*validate_args)
+        settings = make()
+        if multiple is not None:
+            settings.check_multiple(multiple)
     assert excinfo.value.option == option, (excinfo.value.option, str(excinfo.value))
     message = str(excinfo.value)
     assert "\n" not in message and len(message) < 300
@@ -75,25 +78,30 @@ CONDITIONING = {
 @pytest.mark.parametrize("case", CONDITIONING)
 def test_bad_conditioning(case):
     kwargs, option = CONDITIONING[case]
-    _refused(Conditioning(**({"prompt": "a cat"} | kwargs)), option)
+    _refused(lambda: Conditioning(**({"prompt": "a cat"} | kwargs)), option)
 
 
 SIZES = {
     "zero": (0, 32), "negative": (-8, 32), "off the grid": (31, 32), "float": (32.0, 32), "nan": (NAN, 32),
-    "bool": (True, 32), "str": ("512", 32), "None": (None, 32), "astronomical": (2**40, 32),
+    "bool": (True, 32), "str": ("512", 32), "astronomical": (2**40, 32),
 }
 
 
 @pytest.mark.parametrize("case", SIZES)
 def test_bad_sizes(case):
     height, width = SIZES[case]
-    _refused(ImageSize(height, width), "height", 2)
-    _refused(ImageSize(width, height), "width", 2)  # the same rule for the other side
+    _refused(lambda: ImageSize(height, width), "height", 2)
+    _refused(lambda: ImageSize(width, height), "width", 2)  # the same rule for the other side
+
+
+def test_a_side_left_out_is_the_models_default():
+    assert ImageSize(None, 24).or_default((32, 40)) == ImageSize(32, 24)
+    assert ImageSize(16, 24).or_default((32, 40)) == ImageSize(16, 24)
 
 
 def test_the_size_rule_is_the_vae_factor_not_8():
-    ImageSize(36, 20).validate(4)  # a 4x VAE accepts what a hard-coded 8 would refuse
-    message = _refused(ImageSize(36, 20), "height", 8)
+    ImageSize(36, 20).check_multiple(4)  # a 4x VAE accepts what a hard-coded 8 would refuse
+    message = _refused(lambda: ImageSize(36, 20), "height", 8)
     assert "multiple of 8" in message and "use 32 or 40" in message
 
 
@@ -114,13 +122,13 @@ SEEDS = {"2**32": 2**32, "2**64": 2**64, "-2": -2, "float": 1.5, "float -1": -1.
 
 @pytest.mark.parametrize("case", SEEDS)
 def test_bad_seeds(case):
-    message = _refused(Seed(SEEDS[case]), "seed")
+    message = _refused(lambda: Seed(SEEDS[case]), "seed")
     if isinstance(SEEDS[case], int) and not isinstance(SEEDS[case], bool):
         assert "4294967295" in message
 
 
 def test_seed_range_is_what_manual_seed_honours_and_minus_one_is_random():
-    Seed(0).validate(), Seed(SEED_MAX).validate(), Seed(-1).validate(), Seed(None).validate()
+    Seed(0), Seed(SEED_MAX), Seed(-1), Seed(None)  # made = checked
     # 2**32 would be honoured by torch as a 64-bit seed but is not portable; refused above, never folded
     drawn = {Seed(-1).resolve() for _ in range(20)}
     assert all(0 <= s <= SEED_MAX for s in drawn) and len(drawn) > 1
@@ -128,7 +136,7 @@ def test_seed_range_is_what_manual_seed_honours_and_minus_one_is_random():
 
 
 def test_a_noise_device_that_cannot_hold_a_generator():
-    _refused(Seed(1, noise_device="no-such-device"), "noise_device")
+    _refused(lambda: Seed(1, noise_device="no-such-device"), "noise_device")
 
 
 STRENGTHS = {"nan": (NAN, "compvis", "strength"), "inf": (INF, "compvis", "strength"),
@@ -140,7 +148,7 @@ STRENGTHS = {"nan": (NAN, "compvis", "strength"), "inf": (INF, "compvis", "stren
 @pytest.mark.parametrize("case", STRENGTHS)
 def test_bad_strengths(case):
     strength, rule, option = STRENGTHS[case]
-    _refused(Strength(strength, rule), option)
+    _refused(lambda: Strength(strength, rule), option)
 
 
 OUTPUTS = {
@@ -156,7 +164,7 @@ OUTPUTS = {
 @pytest.mark.parametrize("case", OUTPUTS)
 def test_bad_output_options(case):
     kwargs, option = OUTPUTS[case]
-    _refused(OutputOptions(**kwargs), option)
+    _refused(lambda: OutputOptions(**kwargs), option)
 
 
 MEMORY = {
@@ -171,7 +179,7 @@ MEMORY = {
 @pytest.mark.parametrize("case", MEMORY)
 def test_bad_memory_options(case):
     kwargs, option = MEMORY[case]
-    _refused(MemoryOptions(**kwargs), option)
+    _refused(lambda: MemoryOptions(**kwargs), option)
 
 
 def test_settings_objects_are_frozen():

@@ -137,7 +137,7 @@ def test_explicit_timesteps_and_the_callback_match_the_legacy_loop():
     ts = make_timesteps(20, 1000, "trailing")[3:]
     seen_old, seen_new = [], []
     expected = _legacy_sample(dummy_eps, _x_T(2), SCHEDULE, "pndm", timesteps=ts, callback=lambda *a: seen_old.append(a[:2]))
-    ours = sample(dummy_eps, _x_T(2), SCHEDULE, "pndm", timesteps=ts, callback=lambda *a: seen_new.append(a[:2]))
+    ours = sample(dummy_eps, _x_T(2), SamplerSettings("pndm").grid(SCHEDULE, ts), "pndm", callback=lambda *a: seen_new.append(a[:2]))
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
     assert seen_new == seen_old
 
@@ -168,24 +168,25 @@ def test_registry_entries_are_complete():
 
 
 @pytest.mark.parametrize("settings, option, match", [
-    (SamplerSettings("bogus"), "sampler", "sampler must be one of ddpm, ddim, plms, pndm"),
-    (SamplerSettings("ddim", options={"eta": -0.1}), "eta", "eta must be >= 0"),
-    (SamplerSettings("ddim", options={"eta": float("nan")}), "eta", "finite"),
-    (SamplerSettings("ddim", options={"eta": float("inf")}), "eta", "finite"),
-    (SamplerSettings("plms", options={"eta": 0.5}), "eta", "the plms sampler takes set_alpha_to_one"),
-    (SamplerSettings("ddim", options={"clip_denoised": True}), "clip_denoised", "applies to the ddpm sampler only; the ddim sampler takes eta"),
-    (SamplerSettings("ddpm", options={"ddpm_variance": "bogus"}), "ddpm_variance", "'posterior', 'beta'"),
-    (SamplerSettings("ddim", options={"nonsense": 1}), "nonsense", "no sampler takes an option 'nonsense'"),
-    (SamplerSettings("ddim", steps=0), "steps", "from 1 to 1000"),
-    (SamplerSettings("ddim", steps=2.5), "steps", "integer"),
-    (SamplerSettings("ddim", steps=1001), "steps", "from 1 to 1000"),
-    (SamplerSettings("ddim", spacing="bogus"), "spacing", "leading"),
-    (SamplerSettings("ddim", sigma_schedule="bogus"), "sigma_schedule", "karras"),
-    (SamplerSettings("ddim", options={"set_alpha_to_one": "yes"}), "set_alpha_to_one", "True or False"),
+    (lambda: SamplerSettings("bogus"), "sampler", "sampler must be one of ddpm, ddim, plms, pndm"),
+    (lambda: SamplerSettings("ddim", options={"eta": -0.1}), "eta", "eta must be >= 0"),
+    (lambda: SamplerSettings("ddim", options={"eta": float("nan")}), "eta", "finite"),
+    (lambda: SamplerSettings("ddim", options={"eta": float("inf")}), "eta", "finite"),
+    (lambda: SamplerSettings("plms", options={"eta": 0.5}), "eta", "the plms sampler takes set_alpha_to_one"),
+    (lambda: SamplerSettings("ddim", options={"clip_denoised": True}), "clip_denoised", "applies to the ddpm sampler only; the ddim sampler takes eta"),
+    (lambda: SamplerSettings("ddpm", options={"ddpm_variance": "bogus"}), "ddpm_variance", "'posterior', 'beta'"),
+    (lambda: SamplerSettings("ddim", options={"nonsense": 1}), "nonsense", "no sampler takes an option 'nonsense'"),
+    (lambda: SamplerSettings("ddim", steps=0), "steps", "from 1"),
+    (lambda: SamplerSettings("ddim", steps=2.5), "steps", "integer"),
+    (lambda: SamplerSettings("ddim", steps=1001), "steps", "from 1 to 1000"),
+    (lambda: SamplerSettings("ddim", spacing="bogus"), "spacing", "leading"),
+    (lambda: SamplerSettings("ddim", sigma_schedule="bogus"), "sigma_schedule", "karras"),
+    (lambda: SamplerSettings("ddim", options={"set_alpha_to_one": "yes"}), "set_alpha_to_one", "True or False"),
 ])
 def test_every_bad_setting_is_a_settings_error_naming_its_option(settings, option, match):
+    """Refused when made, or (steps past the schedule) when checked against the schedule's length."""
     with pytest.raises(SettingsError, match=match) as info:
-        settings.validate(1000)
+        settings().check_steps(1000)
     assert info.value.option == option
 
 
@@ -228,11 +229,11 @@ def test_the_model_gets_real_valued_float_timesteps_and_quantize_rounds_them():
         seen.append(t.clone())
         return dummy_eps(x, t)
 
-    sample(model, _x_T(), SCHEDULE, "ddim", grid=grid)
+    sample(model, _x_T(), grid, "ddim")
     assert all(t.dtype == torch.float64 and t.shape == (2,) for t in seen)
     assert [float(t[0]) for t in seen] == grid.timesteps[:-1].tolist() and any(float(t[0]) % 1 for t in seen)
     seen.clear()
-    sample(model, _x_T(), SCHEDULE, "ddim", grid=grid, quantize=True)
+    sample(model, _x_T(), grid, "ddim", quantize=True)
     assert [float(t[0]) for t in seen] == grid.timesteps[:-1].round().tolist()
 
 
@@ -256,7 +257,7 @@ def test_img2img_grid_tail_and_its_noising():
     full = sample(dummy_eps, _x_T(), SCHEDULE, "plms", 10, return_trajectory=True)[1]
     # PLMS restarted on the tail is not the same run (its history restarts), DDIM is:
     ddim_full = sample(dummy_eps, _x_T(), SCHEDULE, "ddim", 10, return_trajectory=True)[1]
-    torch.testing.assert_close(sample(dummy_eps, ddim_full.x[6], SCHEDULE, "ddim", grid=tail), ddim_full.x[-1], rtol=0, atol=1e-12)
+    torch.testing.assert_close(sample(dummy_eps, ddim_full.x[6], tail, "ddim"), ddim_full.x[-1], rtol=0, atol=1e-12)
     assert len(full.x) == 11
 
 

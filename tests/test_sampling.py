@@ -9,7 +9,7 @@ import torch
 from scipy.integrate import solve_ivp
 
 from diffusion_notes.mixture import GaussianMixture, ode_reference
-from diffusion_notes.sampling import Trajectory, sample
+from diffusion_notes.sampling import SamplerSettings, Trajectory, sample
 from diffusion_notes.samplers import SPACINGS, ddim_sampling_parameters, make_timesteps
 from diffusion_notes.schedules import NoiseSchedule
 
@@ -199,7 +199,7 @@ def test_sampler_argument_errors():
     with pytest.raises(ValueError, match="prediction_type"):
         sample(dummy_eps, x, SCHEDULE, "ddim", prediction_type="epsilon")
     with pytest.raises(ValueError, match="ascending"):
-        sample(dummy_eps, x, SCHEDULE, "ddim", timesteps=[500, 100])
+        SamplerSettings("ddim").grid(SCHEDULE, timesteps=[500, 100])
 
 
 def test_same_generator_same_sample_different_seed_different_sample():
@@ -212,6 +212,6 @@ def test_explicit_timesteps_equal_the_tail_of_a_full_run():
     """Image-to-image starts part-way: a truncated ascending list continues exactly like the full run would."""
     x_T = _x_T(4)
     ts = make_timesteps(20)
-    _, traj = sample(dummy_eps, x_T, SCHEDULE, "ddim", timesteps=ts, return_trajectory=True)
-    tail = sample(dummy_eps, traj.x[5], SCHEDULE, "ddim", timesteps=ts[:-5])
+    _, traj = sample(dummy_eps, x_T, SamplerSettings("ddim").grid(SCHEDULE, ts), "ddim", return_trajectory=True)
+    tail = sample(dummy_eps, traj.x[5], SamplerSettings("ddim").grid(SCHEDULE, ts[:-5]), "ddim")
     torch.testing.assert_close(tail, traj.x[-1], rtol=0, atol=1e-12)

@@ -70,7 +70,7 @@ def run_ours(sampler, steps, x_T, sched, schedule=SCHEDULE, seed=None, **setting
     grid = SamplerSettings(sampler, steps, **settings).grid(schedule)
     generator = torch.Generator().manual_seed(seed) if seed is not None else None
     prediction_type = "v" if sched.config.prediction_type == "v_prediction" else "eps"
-    return grid, sample(dummy_eps, x_T, schedule, settings=SamplerSettings(sampler, steps, **settings), grid=grid,
+    return grid, sample(dummy_eps, x_T, grid, settings=SamplerSettings(sampler, steps, **settings),
                         generator=generator, prediction_type=prediction_type)
 
 

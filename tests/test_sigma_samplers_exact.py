@@ -49,7 +49,7 @@ def run(sampler, grid):
         calls[0] += 1
         return eps(x, t)
 
-    return sample(counted, X_T, SCHEDULE, sampler, grid=grid), calls[0]
+    return sample(counted, X_T, grid, sampler), calls[0]
 
 
 @pytest.fixture(scope="module")

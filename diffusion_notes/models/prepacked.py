@@ -31,34 +31,20 @@ Counterparts: diffusers and CompVis run plain ``nn.Conv2d``; k-diffusion too.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["PrepackedConv2d", "prepack_convolutions", "unpack_convolutions", "prepacking_available"]
+from ..hardware import cpu_support
+
+__all__ = ["PrepackedConv2d", "prepack_convolutions", "unpack_convolutions", "prepacking_available",
+           "convolutions_channels_last", "runs_channels_last"]
 
 
-@functools.cache
 def prepacking_available() -> bool:
-    """True when this torch has oneDNN and the two operators used here (torch >= 2.1 CPU builds).
-    Asked once per process: every convolution call reads it."""
-    try:
-        return (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
-                and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
-    except (AttributeError, RuntimeError):
-        return False
-
-
-@functools.cache
-def _packable_dtype(dtype: torch.dtype) -> bool:
-    if dtype == torch.float32:
-        return True
-    if dtype == torch.bfloat16:  # oneDNN prepacks bf16 only where the CPU computes it natively
-        check = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-        return bool(check()) if check is not None else False
-    return False
+    """True when this torch has oneDNN and the two operators used here (torch >= 2.1 CPU builds), as
+    :func:`diffusion_notes.hardware.cpu_support` answers (tests may force it)."""
+    return cpu_support().prepacking
 
 
 class PrepackedConv2d(nn.Module):
@@ -108,10 +94,9 @@ class PrepackedConv2d(nn.Module):
     def _runs_prepacked(self, x: torch.Tensor) -> bool:
         weight_dtype = self._plain.dtype if self._plain is not None else self._packed.dtype
         return (not self._refused and x.device.type == "cpu" and x.dim() == 4 and x.dtype == weight_dtype
-                and _packable_dtype(x.dtype)
+                and cpu_support().prepacks(x.dtype)
                 and (self._plain is None or self._plain.device.type == "cpu") and not x.requires_grad
-                and (self.bias is None or not (self.bias.requires_grad and torch.is_grad_enabled()))
-                and prepacking_available())
+                and (self.bias is None or not (self.bias.requires_grad and torch.is_grad_enabled())))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and torch.is_grad_enabled():
@@ -120,13 +105,21 @@ class PrepackedConv2d(nn.Module):
                                "it with prepack=False.")
         if not self._runs_prepacked(x):
             return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-        if self._packed_for != tuple(x.shape):
-            try:
+        first = self._packed_for != tuple(x.shape)
+        try:
+            if first:
                 self._prepack(tuple(x.shape))
-            except RuntimeError:  # a oneDNN build that cannot reorder this weight: stay plain, as nn.Conv2d
-                self._unpack()
-                self._refused = True
-                return F.conv2d(x, self._plain, self.bias, self.stride, self.padding, self.dilation, self.groups)
+            return self._convolve_prepacked(x)
+        except RuntimeError:
+            if not first:
+                raise
+            # oneDNN cannot reorder or run this weight here (e.g. bf16 forced on a CPU without native bf16):
+            # stay plain from now on, as nn.Conv2d
+            self._unpack()
+            self._refused = True
+            return F.conv2d(x, self._plain, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+    def _convolve_prepacked(self, x: torch.Tensor) -> torch.Tensor:
         bias = None if self.bias is None else self.bias.detach()
         x = x.contiguous(memory_format=torch.channels_last)
         return torch.ops.mkldnn._convolution_pointwise(x, self._packed, bias, list(self.padding), list(self.stride),
@@ -197,3 +190,32 @@ def unpack_convolutions(network: nn.Module) -> nn.Module:
                     conv.bias = child.bias
                 setattr(parent, name, conv)
     return network
+
+
+# -- the memory format of a network's convolutions ---------------------------------------------
+#
+# ``channels_last`` (NHWC) is a question about plain convolution weights: stored NHWC, a convolution on
+# NHWC activations needs no transposes (faster on CUDA). A prepacked weight is in oneDNN's blocked layout,
+# which is neither; a prepacked convolution turns its input into NHWC and returns NHWC itself, so it
+# *always* runs channels-last and asking for it changes nothing. Hence: prepacked convolutions are never
+# touched by these two functions (no unpack, no re-pack, whatever the memory options say).
+
+
+def convolutions_channels_last(network: nn.Module, channels_last: bool) -> list[nn.Conv2d]:
+    """Store the weights of the plain ``nn.Conv2d`` modules of ``network`` NHWC (``channels_last=True``)
+    or NCHW, leaving :class:`PrepackedConv2d` modules as they are. Returns the convolutions it changed,
+    so that a caller can put them back (``convolutions_channels_last(changed, not channels_last)`` on each)."""
+    wanted = torch.channels_last if channels_last else torch.contiguous_format
+    changed = [m for m in network.modules()
+               if type(m) is nn.Conv2d and not m.weight.is_contiguous(memory_format=wanted)]
+    for conv in changed:
+        conv.to(memory_format=wanted)
+    return changed
+
+
+def runs_channels_last(network: nn.Module) -> bool:
+    """True when every convolution of ``network`` runs channels-last: plain ones with NHWC weights,
+    prepacked ones always (see above). False for a network without convolutions."""
+    convs = [m for m in network.modules() if isinstance(m, (nn.Conv2d, PrepackedConv2d))]
+    return bool(convs) and all(isinstance(m, PrepackedConv2d) or m.weight.is_contiguous(memory_format=torch.channels_last)
+                               for m in convs)

@@ -16,6 +16,7 @@ from PIL import Image
 
 from diffusion_notes.errors import CheckpointError, SettingsError
 from diffusion_notes.images import image_to_tensor, mask_to_tensor, pil_to_tensor
+from diffusion_notes.init_image import blend_known_region
 from diffusion_notes.pipeline import (
     MemoryOptions,
     NoDenoisingWarning,
@@ -292,24 +293,36 @@ def test_the_largest_seed_is_honoured_exactly(ours):
 # --------------------------------------------------------------------------------------------
 
 
-def test_memory_options_leave_the_model_as_they_found_it(tiny):
-    sd = StableDiffusion.from_pretrained(tiny("sd1")[0], torch_dtype=torch.bfloat16)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_memory_options_leave_the_model_as_they_found_it(tiny, dtype, cpu_answers):
+    """Under every CPU answer (prepacked convolutions or plain ones): during sampling the options are in
+    force (every convolution runs channels-last: plain ones hold NHWC weights, prepacked ones always do),
+    a prepacked weight is never unpacked or packed again by them, and afterwards all is as before."""
+    from diffusion_notes.models.prepacked import PrepackedConv2d, runs_channels_last
+
+    sd = StableDiffusion.from_pretrained(tiny("sd1")[0], torch_dtype=dtype)
+    prepacked = [m for m in sd.unet.modules() if isinstance(m, PrepackedConv2d)]
+    assert bool(prepacked) == cpu_answers.prepacking  # the loader prepacks for the CPU where it can
+    txt2img(sd, "the cat", height=SIZE, width=SIZE, **FAST)  # once without options: weights prepacked if they can be
+    packed = [m._packed for m in prepacked]
+    assert all((p is not None) == cpu_answers.prepacks(dtype) for p in packed)
     conv = sd.unet.input_blocks[0][0].weight
     before = (sd.prompt_encoder.text_encoders[0].device, next(sd.prompt_encoder.parameters()).dtype,
               conv.is_contiguous(), next(sd.vae.parameters()).is_contiguous())
     seen = []
 
     def callback(i, t, x, pred_x0):  # during sampling: the options are in force
-        seen.append((next(sd.prompt_encoder.parameters()).dtype,
-                     sd.unet.input_blocks[0][0].weight.is_contiguous(memory_format=torch.channels_last)))
+        seen.append((next(sd.prompt_encoder.parameters()).dtype, runs_channels_last(sd.unet)))
 
     memory = MemoryOptions(offload_text_encoder=True, channels_last=True, upcast_attention=True)
-    txt2img(sd, "the cat", height=SIZE, width=SIZE, memory=memory, callback=callback, **FAST)
+    for _ in range(2):
+        txt2img(sd, "the cat", height=SIZE, width=SIZE, memory=memory, callback=callback, **FAST)
     assert seen and all(s == (torch.float32, True) for s in seen)
+    assert all(m._packed is p for m, p in zip(prepacked, packed))  # never unpacked / re-packed per call
     weight = sd.unet.input_blocks[0][0].weight
     after = (sd.prompt_encoder.text_encoders[0].device, next(sd.prompt_encoder.parameters()).dtype,
              weight.is_contiguous(), next(sd.vae.parameters()).is_contiguous())
-    assert after == before and before[1] == torch.bfloat16
+    assert after == before and before[1] == dtype
     assert not any(getattr(m, "upcast_attention", False) for m in sd.unet.modules())
 
 
@@ -323,7 +336,7 @@ def test_the_inpainting_blend_returns_a_new_tensor_through_step_hook(ours):
     mask = torch.zeros(1, 1, 4, 4)
     mask[..., :2] = 1
     grid = SamplerSettings("ddim", 4).grid(ours("sd1").schedule)
-    hook = pipeline._blend_known_region(z0, mask, noise, grid)
+    hook = blend_known_region(z0, mask, noise, grid)
     x = torch.randn(1, 4, 4, 4)
     x_before = x.clone()
     blended = hook(0, 0, x, x)

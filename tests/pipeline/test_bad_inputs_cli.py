@@ -191,7 +191,7 @@ def test_a_library_bug_keeps_its_traceback(run, monkeypatch):
     def bug(*args, **kwargs):
         raise ValueError("an internal mistake")
 
-    monkeypatch.setattr(pipeline, "txt2img", bug)
+    monkeypatch.setattr(pipeline, "generate", bug)
     with pytest.raises(ValueError, match="an internal mistake"):
         run("txt2img")
 
@@ -210,11 +210,24 @@ def test_settings_errors_come_back_under_their_flag(option, message, expected):
 
 @pytest.mark.parametrize("command", ["txt2img", "img2img", "inpaint"])
 def test_the_flags_defaults_are_the_pipelines(command):
-    """One place for each default: the flags' defaults equal the pipeline functions' own."""
-    import inspect
-
+    """One place for each default: the flags' defaults equal what the pipeline function does when the
+    keyword is left out (read from the request a call without them builds)."""
     from diffusion_notes import pipeline
+    from diffusion_notes.settings import Request
 
-    signature = inspect.signature(getattr(pipeline, command)).parameters
-    for name, value in cli.pipeline_defaults(command).items():
-        assert signature[name].default == value, (command, name)
+    built = []
+    real = pipeline.generate
+    pipeline.generate = lambda sd, request, *a, **k: built.append(request)
+    try:
+        image = torch.zeros(1, 3, 8, 8)
+        args = {"txt2img": (), "img2img": (image,), "inpaint": (image, torch.ones(1, 1, 8, 8))}[command]
+        getattr(pipeline, command)(None, *args, "a cat")
+    finally:
+        pipeline.generate = real
+    request: Request = built[0]
+    used = dict(sampler=request.sampler.sampler, steps=request.sampler.steps,
+                sigma_schedule=request.sampler.sigma_schedule, guidance_scale=request.conditioning.guidance_scale,
+                num_images=request.conditioning.num_images)
+    if command != "txt2img":
+        used.update(strength=request.strength.strength, strength_rule=request.strength.rule)
+    assert cli.pipeline_defaults(command) == used

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from diffusion_notes import precision
+from diffusion_notes.hardware import forced_cpu_support
 from diffusion_notes.pipeline import txt2img
 from diffusion_notes.stable_diffusion import StableDiffusion
 
@@ -14,9 +14,10 @@ from .helpers import SIZE, make_x_T, max_diff
 
 
 @pytest.fixture
-def amx_cpu(monkeypatch):
-    """Pretend to be a CPU with AMX-BF16 (bf16 itself runs everywhere, emulated where not native)."""
-    monkeypatch.setattr(precision, "cpu_capabilities", lambda: {"amx_bf16": True, "avx512_bf16": True})
+def amx_cpu():
+    """Pretend to be a CPU with native bf16 (bf16 itself runs everywhere, emulated where not native)."""
+    with forced_cpu_support(native_bf16=True):
+        yield
 
 
 def test_loading_without_a_dtype_gives_bf16_on_a_bf16_cpu(tiny, amx_cpu):

@@ -111,7 +111,7 @@ def _error_cases(folder, pictures):
     return {
         "height": (txt + ["--H", "31"], "--H 31 is not a multiple of 2 (the VAE's downsampling factor"),
         "width": (txt + ["--W", "0"], "--W must be from 1 to"),
-        "no steps": (txt + ["--ddim_steps", "0"], "from 1 to 1000"),
+        "no steps": (txt + ["--ddim_steps", "0"], "must be an integer from 1"),
         "too many steps": (txt + ["--ddim_steps", "1001"], "from 1 to 1000"),
         "steps past the end": (txt + ["--ddim_steps", "600"], "past the end of the 1000-step schedule"),
         "eta": (txt + ["--ddim", "--ddim_eta", "-0.1"], "--ddim_eta must be >= 0"),
@@ -181,7 +181,7 @@ def test_out_of_gpu_memory_names_the_memory_options(tiny, tmp_path, capsys, monk
     def out_of_memory(*args, **kwargs):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(pipeline, "txt2img", out_of_memory)
+    monkeypatch.setattr(pipeline, "generate", out_of_memory)
     assert cli.main(_txt2img_args(tiny("sd1")[0], tmp_path / "o")) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: out of GPU memory") and "--slice-vae" in err[-1] and "--tile-vae" in err[-1]

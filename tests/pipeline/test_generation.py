@@ -8,16 +8,16 @@ import torch
 
 from diffusion_notes.forward import q_sample
 from diffusion_notes.pipeline import (
-    check_size,
     default_size,
     encode_image,
     img2img,
     inpaint,
-    size_multiple,
+    vae_factor,
     strength_timesteps,
     txt2img,
 )
 from diffusion_notes.prompts import PromptTruncatedWarning
+from diffusion_notes.settings import ImageSize
 from diffusion_notes.samplers import make_timesteps
 
 from .helpers import SIZE, make_image, make_mask
@@ -139,10 +139,10 @@ def test_txt2img_errors_name_the_problem(ours, kwargs, message):
 
 
 def test_size_multiple_is_the_vae_factor(ours):
-    assert size_multiple(ours("sd1")) == 2  # tiny VAE: x2 (every SD release: x8)
-    check_size(ours("sd1"), 18, 34)  # odd latent sides (9 x 17) are fine: the UNet upsamples to its skips
+    assert vae_factor(ours("sd1")) == 2  # tiny VAE: x2 (every SD release: x8)
+    ImageSize(18, 34).check_multiple(vae_factor(ours("sd1")))  # odd latent sides (9 x 17) are fine: the UNet upsamples to its skips
     with pytest.raises(ValueError, match="height 31 is not a multiple of 2.*use 30 or 32"):
-        check_size(ours("sd1"), 31, 34)
+        ImageSize(31, 34).check_multiple(vae_factor(ours("sd1")))
 
 
 def test_inpaint_errors(ours):

@@ -1,0 +1,65 @@
+r"""The PNG's ``parameters`` text: how a picture was made, in AUTOMATIC1111's format.
+
+Many tools (AUTOMATIC1111's "PNG Info" tab, ComfyUI, image boards) read generation parameters back
+from a ``parameters`` tEXt chunk laid out like this::
+
+    a photograph of an astronaut riding a horse
+    Negative prompt: blurry
+    Steps: 50, Sampler: PLMS, CFG scale: 7.5, Seed: 42, Size: 512x512, Model: v1-5-pruned-emaonly
+
+:func:`infotext_fields` derives the fields from a :class:`~diffusion_notes.settings.Request`,
+:func:`format_parameters` writes the text and :func:`parse_parameters` reads it back.
+"""
+
+from __future__ import annotations
+
+__all__ = ["infotext_fields", "format_parameters", "parse_parameters"]
+
+
+def infotext_fields(request, seed: int | None) -> dict:
+    """AUTOMATIC1111's ``parameters`` fields of one :class:`~diffusion_notes.settings.Request`.
+
+    ``seed`` is the seed actually used (None when the caller's own generator was used: no seed could
+    honestly be written). Steps, the sampler's label (with its σ schedule, "DPM++ 2M Karras"), the
+    ``eta`` given, CFG scale, size and the denoising strength where the request has one.
+    """
+    eta = request.sampler.options.get("eta")
+    strength = request.strength
+    return dict(steps=request.sampler.steps, sampler=request.sampler.label,
+                cfg_scale=request.conditioning.guidance_scale, seed=seed, size=request.size.label,
+                eta=eta if eta else None, denoising_strength=strength.strength if strength is not None else None)
+
+
+def format_parameters(prompt: str, negative_prompt: str = "", **fields) -> str:
+    """AUTOMATIC1111's infotext: the prompt, an optional ``Negative prompt:`` line, then ``Key: value`` pairs.
+
+    ``fields`` use Python names (``cfg_scale=7.5`` -> ``CFG scale: 7.5``); None values are left out.
+    """
+    lines = [prompt]
+    if negative_prompt:
+        lines.append(f"Negative prompt: {negative_prompt}")
+    lines.append(", ".join(f"{_label(k)}: {v}" for k, v in fields.items() if v is not None))
+    return "\n".join(lines)
+
+
+_LABELS = {"cfg_scale": "CFG scale", "eta": "Eta", "denoising_strength": "Denoising strength"}
+
+
+def _label(key: str) -> str:
+    return _LABELS.get(key, key.replace("_", " ").capitalize())
+
+
+def parse_parameters(text: str) -> dict:
+    """The inverse of :func:`format_parameters`: ``{"prompt", "negative_prompt", "Steps", "Sampler", ...}``
+    (values as strings; the keys of the last line as written in the file)."""
+    lines = text.split("\n")
+    *head, last = lines
+    negative = [line for line in head if line.startswith("Negative prompt: ")]
+    prompt = "\n".join(line for line in head if not line.startswith("Negative prompt: "))
+    out = {"prompt": prompt, "negative_prompt": negative[0].removeprefix("Negative prompt: ") if negative else ""}
+    for pair in last.split(", "):
+        key, _, value = pair.partition(": ")
+        out[key] = value
+    return out
+
+
