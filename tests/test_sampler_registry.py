@@ -279,3 +279,16 @@ def test_the_docs_table_of_samplers_is_the_registry():
 
     formulas = (Path(__file__).resolve().parents[1] / "docs" / "formulas.md").read_text()
     assert markdown_table() in formulas, "docs/formulas.md: paste samplers.registry.markdown_table() again"
+
+
+def test_eta_zero_is_accepted_by_a_sampler_without_eta_and_changes_nothing():
+    """CompVis's txt2img passes eta=opt.ddim_eta (0.0) to PLMSSampler.sample, which accepts 0 only."""
+    x = _x_T()
+    plain = sample(dummy_eps, x, SCHEDULE, "plms", 10)
+    assert torch.equal(sample(dummy_eps, x, SCHEDULE, "plms", 10, eta=0.0), plain)
+    assert torch.equal(sample(dummy_eps, x, SCHEDULE, "plms", 10, eta=0), plain)
+    assert "eta" not in SamplerSettings("plms", options={"eta": 0.0}).options  # dropped: not in the PNG text
+    with pytest.raises(SettingsError, match="eta applies to the ddim sampler only"):
+        sample(dummy_eps, x, SCHEDULE, "plms", 10, eta=0.5)
+    with pytest.raises(SettingsError, match="eta applies to the ddim sampler only"):
+        SamplerSettings("plms", options={"eta": False})  # a bool is not the number 0

@@ -231,3 +231,23 @@ def test_the_flags_defaults_are_the_pipelines(command):
     if command != "txt2img":
         used.update(strength=request.strength.strength, strength_rule=request.strength.rule)
     assert cli.pipeline_defaults(command) == used
+
+
+def test_a_compvis_plms_command_line_with_ddim_eta_zero_runs(tiny, tmp_path):
+    """CompVis's scripts/txt2img.py always passes --ddim_eta (default 0.0); with --plms that must run."""
+    status = cli.main(["txt2img", "--model", str(tiny("sd1")[0]), "--outdir", str(tmp_path / "out"), "--plms",
+                       "--ddim_eta", "0.0", "--ddim_steps", "2", "--device", "cpu", "--H", str(SIZE), "--W", str(SIZE)])
+    assert status == 0
+    assert (tmp_path / "out" / "samples" / "00000.png").is_file()
+
+
+def test_pngs_get_the_permissions_of_a_plain_open_under_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = save_png(make_image(), tmp_path / "00000.png", "parameters")
+        assert (path.stat().st_mode & 0o777) == 0o644
+        os.umask(0o077)
+        assert (save_png(make_image(), tmp_path / "00001.png").stat().st_mode & 0o777) == 0o600
+    finally:
+        os.umask(old)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.png", "00001.png"]  # no temporary file left
