@@ -86,6 +86,11 @@ def clip_text_encoder(tokenizer, hidden: int, layers: int, heads: int, act: str 
     return (CLIPTextModelWithProjection if projection_dim else CLIPTextModel)(config)
 
 
+def clip_vit_l(tokenizer):
+    """CLIP ViT-L/14's text tower (123M parameters), SD 1.x's and SDXL's first text encoder: (B, 77) -> (B, 77, 768)."""
+    return clip_text_encoder(tokenizer, 768, 12, 12)
+
+
 def vae(full: bool, **config):
     """diffusers' ``AutoencoderKL``: SD's (four levels, 83.7M parameters) or a tiny two-level one (f = 2)."""
     from diffusers import AutoencoderKL
@@ -189,7 +194,7 @@ def random_sd15_pipeline(size: str = "full", tokenizer_folder=None, seed: int = 
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # no float32 copy first: 2 GB instead of 4.3 GB for fp16 SD 1.5
     try:
-        text = clip_text_encoder(tok, 768, 12, 12) if full else clip_text_encoder(tok, 64, 2, 1, intermediate=128)
+        text = clip_vit_l(tok) if full else clip_text_encoder(tok, 64, 2, 1, intermediate=128)
         return _sd_pipeline(vae(full), text, tok, sd15_unet(full), scheduler or ddim_scheduler())
     finally:
         torch.set_default_dtype(default)
@@ -205,12 +210,12 @@ def diffusers_pipeline(family: str, full: bool, work: Path):
     tok = load_tokenizer(work / "tokenizer")
     if family == "sd1":
         unet = sd15_unet(full)
-        text = clip_text_encoder(tok, 768, 12, 12) if full else clip_text_encoder(tok, 64, 2, 1)
+        text = clip_vit_l(tok) if full else clip_text_encoder(tok, 64, 2, 1)
         return _sd_pipeline(autoencoder, text, tok, unet, scheduler)
     tok_2 = load_tokenizer(work / "tokenizer_2", pad_token="!")
     unet = sdxl_unet(full)
     if full:
-        text, text_2 = clip_text_encoder(tok, 768, 12, 12), clip_text_encoder(tok_2, 1280, 32, 20, "gelu", projection_dim=1280)
+        text, text_2 = clip_vit_l(tok), clip_text_encoder(tok_2, 1280, 32, 20, "gelu", projection_dim=1280)
     else:
         text, text_2 = clip_text_encoder(tok, 64, 2, 1), clip_text_encoder(tok_2, 128, 2, 2, "gelu", projection_dim=32)
     return StableDiffusionXLPipeline(vae=autoencoder, text_encoder=text, text_encoder_2=text_2, tokenizer=tok,

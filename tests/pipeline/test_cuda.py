@@ -17,7 +17,7 @@ pytestmark = pytest.mark.cuda
 
 def _random_sd15(tmp_path, dtype=torch.float16) -> StableDiffusion:
     """SD 1.5's architecture (860M-parameter UNet, f=8 VAE, CLIP ViT-L) with random weights, on the GPU."""
-    from benchmarks.random_models import clip_text_encoder, load_tokenizer
+    from benchmarks.random_models import clip_vit_l, load_tokenizer
 
     from diffusion_notes.models.config import TEXT_SPECS, unet_preset, vae_preset
     from diffusion_notes.models.text import PromptEncoder
@@ -29,7 +29,7 @@ def _random_sd15(tmp_path, dtype=torch.float16) -> StableDiffusion:
     config = StableDiffusionConfig("sd1", unet_preset("sd1"), vae_preset())
     with torch.device("cuda"):
         torch.manual_seed(0)
-        text = clip_text_encoder(tokenizer, 768, 12, 12)  # CLIP ViT-L/14's text tower: (B, 77) -> (B, 77, 768)
+        text = clip_vit_l(tokenizer)
         sd = StableDiffusion(config, UNetModel(config.unet), AutoencoderKL(config.vae),
                              PromptEncoder([tokenizer], [text], TEXT_SPECS["sd1"]))
     return sd.to("cuda", dtype).requires_grad_(False).eval()
