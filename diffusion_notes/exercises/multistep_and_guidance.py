@@ -15,6 +15,9 @@ from .cases import gen
 from .harness import F64, Exercise, register
 
 
+# Adams-Bashforth coefficients
+
+
 def _ab_reference(order):
     if order == 1:
         return [Fraction(1)]

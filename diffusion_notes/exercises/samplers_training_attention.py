@@ -15,6 +15,9 @@ from .cases import at, batch_cases, from_alphas_cumprod, from_betas, gen, z_v_ca
 from .harness import F64, Exercise, register
 
 
+# DDPM ancestral step
+
+
 def _ddpm_step_cases():
     a = NoiseSchedule.stable_diffusion().alphas_cumprod
     cases = []

@@ -11,6 +11,8 @@ from .cases import at, batch_cases, from_alphas_cumprod, from_betas, gen, schedu
 from .harness import F64, Exercise, register
 
 
+# alphas_cumprod
+
 register(
     Exercise(
         name="alphas_cumprod",

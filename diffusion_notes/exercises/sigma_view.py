@@ -12,6 +12,9 @@ from .cases import at, batch_cases, from_alphas_cumprod, from_betas, gen
 from .harness import F64, Exercise, register
 
 
+# to the sigma view
+
+
 def _sigma_view_cases():
     return [(label, dict(x_t=q_sample(c["x0"], c["t"], c["noise"], from_betas(c["betas"])), t=c["t"], alphas_cumprod=from_betas(c["betas"]).alphas_cumprod))
             for label, c in batch_cases()[:2]]

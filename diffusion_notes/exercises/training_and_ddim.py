@@ -12,6 +12,9 @@ from .cases import at, batch_cases, from_alphas_cumprod, from_betas, gen
 from .harness import F64, Exercise, register
 
 
+# L_simple
+
+
 def _toy_eps_model(x, t):
     """A fixed stand-in for a network: linear in x, with a dependence on t."""
     return 0.5 * x + 1e-3 * t.to(x.dtype).reshape(-1, *([1] * (x.dim() - 1))) - 0.1
