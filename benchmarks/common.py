@@ -1,5 +1,6 @@
-"""What every benchmark shares: the random models (ours and diffusers' with identical tensors), the
-alternating timer, the table printer, and the thread settings.
+"""What every benchmark shares: diffusers' UNet and ours holding identical tensors, the alternating
+timer, the table printer, and the thread settings. diffusers' models with random weights are built in
+``random_models`` (shared with the tests).
 
 diffusers is imported here, never by ``diffusion_notes``: it is the reference we measure against.
 """
@@ -13,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+
+from .random_models import sd15_unet
 
 
 def configure_threads(threads: int | None = None) -> int:
@@ -42,13 +45,6 @@ def machine() -> str:
 # models with identical weights
 # --------------------------------------------------------------------------------------------
 
-#: diffusers' ``UNet2DConditionModel`` arguments of SD 1.5 (its defaults, with SD 1.x's text width).
-SD15_UNET = dict(cross_attention_dim=768, attention_head_dim=8)
-#: A tiny SD 1.x-shaped UNet for the smoke tests (two levels, one transformer level).
-TINY_UNET = dict(block_out_channels=(32, 64), layers_per_block=1, cross_attention_dim=32, attention_head_dim=8,
-                 norm_num_groups=32, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), sample_size=8)
-
 
 def unet_pair(size: str = "full", seed: int = 0, prepack: bool = True):
     """``(ours, theirs, context_dim)``: diffusers' UNet with random weights and ours holding the same tensors.
@@ -59,11 +55,8 @@ def unet_pair(size: str = "full", seed: int = 0, prepack: bool = True):
     the loaders do for the CPU) then gives ours oneDNN-prepacked convolutions (``models.prepacked``),
     which hold their own reordered copy of the convolution weights.
     """
-    from diffusers import UNet2DConditionModel
-
     torch.manual_seed(seed)
-    kwargs = SD15_UNET if size == "full" else TINY_UNET
-    theirs = UNet2DConditionModel(**kwargs).eval().requires_grad_(False)
+    theirs = sd15_unet(size == "full", tiny_context_dim=32).eval().requires_grad_(False)
     ours = ours_holding(theirs, prepack)
     return ours, theirs, ours.config.context_dim
 
@@ -150,74 +143,3 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
     return str(value)
-
-
-# --------------------------------------------------------------------------------------------
-# whole pipelines with random weights (benchmarks 3 and 4, the GPU script)
-# --------------------------------------------------------------------------------------------
-
-_LETTERS = "abcdefghijklmnopqrstuvwxyz!"
-_MERGES = [("t", "h"), ("th", "e</w>"), ("c", "a"), ("ca", "t</w>")]
-
-
-def write_tokenizer(folder, pad_token: str = "<|endoftext|>"):
-    """A CLIP BPE tokenizer over single letters plus four merges, 77 positions (no download): prompts
-    become the same token ids in both pipelines, and the text encoder's cost does not depend on which
-    ids those are. Also the tests' tiny tokenizer (``tests/models/builders.py``). Returns ``folder``."""
-    import json
-    from pathlib import Path
-
-    from transformers import CLIPTokenizer
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tokens = list(_LETTERS) + [c + "</w>" for c in _LETTERS] + ["".join(m) for m in _MERGES]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    (folder / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(m) for m in _MERGES) + "\n")
-    CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=77,
-                  pad_token=pad_token).save_pretrained(folder)
-    return folder
-
-
-def random_sd15_pipeline(size: str = "full", tokenizer_folder=None, seed: int = 0, scheduler=None,
-                         dtype: torch.dtype = torch.float32):
-    """diffusers' ``StableDiffusionPipeline`` with random weights, SD 1.5's shapes (``size="full"``: UNet
-    859.5M, VAE 83.7M, CLIP ViT-L text 123M parameters) or tiny ones, created directly in ``dtype``."""
-    import tempfile
-
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    folder = tokenizer_folder or tempfile.mkdtemp(prefix="tokenizer-")
-    write_tokenizer(folder)
-    tokenizer = CLIPTokenizer.from_pretrained(str(folder))
-    torch.manual_seed(seed)
-    full = size == "full"
-    default = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)  # no float32 copy first: 2 GB instead of 4.3 GB for fp16 SD 1.5
-    try:
-        return _sd15_pipeline(full, tokenizer, scheduler)
-    finally:
-        torch.set_default_dtype(default)
-
-
-def _sd15_pipeline(full: bool, tokenizer, scheduler):
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408 if full else 64, hidden_size=768 if full else 64, intermediate_size=3072 if full else 128,
-        num_attention_heads=12 if full else 1, num_hidden_layers=12 if full else 2, max_position_embeddings=77,
-        hidden_act="quick_gelu", bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id))
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512) if full else (32, 64), layers_per_block=2 if full else 1,
-                        down_block_types=("DownEncoderBlock2D",) * (4 if full else 2),
-                        up_block_types=("UpDecoderBlock2D",) * (4 if full else 2), latent_channels=4,
-                        norm_num_groups=32)
-    unet = UNet2DConditionModel(**(SD15_UNET if full else dict(TINY_UNET, cross_attention_dim=64)))
-    scheduler = scheduler or DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                           clip_sample=False, set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    return pipe

@@ -72,67 +72,6 @@ def cuda_tests(budget_s: float) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def _tokenizer(folder: Path, pad: str | None = None):
-    from transformers import CLIPTokenizer
-
-    from benchmarks.common import write_tokenizer
-
-    write_tokenizer(folder)
-    return CLIPTokenizer.from_pretrained(str(folder), **({"pad_token": pad} if pad else {}))
-
-
-def _clip(tokenizer, hidden, layers, heads, act, projection_dim=None):
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
-
-    config = CLIPTextConfig(vocab_size=49408 if hidden >= 768 else 64, hidden_size=hidden, intermediate_size=4 * hidden,
-                            num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
-                            hidden_act=act, projection_dim=projection_dim or hidden,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id)
-    return (CLIPTextModelWithProjection if projection_dim else CLIPTextModel)(config)
-
-
-def diffusers_pipeline(family: str, full: bool, work: Path):
-    """diffusers' pipeline of ``family`` ("sd1" or "sdxl") with random weights, on the current default device."""
-    from diffusers import (AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, StableDiffusionXLPipeline,
-                           UNet2DConditionModel)
-
-    from benchmarks.common import SD15_UNET, TINY_UNET
-
-    vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512) if full else (32, 64), layers_per_block=2 if full else 1,
-                        down_block_types=("DownEncoderBlock2D",) * (4 if full else 2),
-                        up_block_types=("UpDecoderBlock2D",) * (4 if full else 2), latent_channels=4,
-                        norm_num_groups=32, scaling_factor=0.13025 if family == "sdxl" else 0.18215)
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    tokenizer = _tokenizer(work / "tokenizer")
-    if family == "sd1":
-        unet = UNet2DConditionModel(**(SD15_UNET if full else dict(TINY_UNET, cross_attention_dim=64)))
-        text = _clip(tokenizer, 768 if full else 64, 12 if full else 2, 12 if full else 1, "quick_gelu")
-        return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    tokenizer_2 = _tokenizer(work / "tokenizer_2", pad="!")  # open_clip pads with "!" (id 0)
-    if full:  # SDXL 1.0 base: 2.6B-parameter UNet, CLIP ViT-L + OpenCLIP ViT-bigG
-        unet = UNet2DConditionModel(
-            sample_size=128, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), block_out_channels=(320, 640, 1280),
-            transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), cross_attention_dim=2048,
-            use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-            projection_class_embeddings_input_dim=2816)
-        text, text_2 = (_clip(tokenizer, 768, 12, 12, "quick_gelu"),
-                        _clip(tokenizer_2, 1280, 32, 20, "gelu", projection_dim=1280))
-    else:
-        unet = UNet2DConditionModel(
-            block_out_channels=(32, 64), layers_per_block=2, sample_size=8, norm_num_groups=32,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            attention_head_dim=(1, 1), use_linear_projection=True, cross_attention_dim=64 + 128,
-            transformer_layers_per_block=(1, 2), addition_embed_type="text_time", addition_time_embed_dim=8,
-            projection_class_embeddings_input_dim=32 + 6 * 8)
-        text, text_2 = _clip(tokenizer, 64, 2, 1, "quick_gelu"), _clip(tokenizer_2, 128, 2, 2, "gelu", projection_dim=32)
-    return StableDiffusionXLPipeline(vae=vae, text_encoder=text, text_encoder_2=text_2, tokenizer=tokenizer,
-                                     tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler)
-
-
 def ours_on_their_weights(pipe, family: str):
     """Our ``StableDiffusion`` holding the very tensors of diffusers' ``pipe`` (renamed, not copied)."""
     import torch
@@ -285,6 +224,7 @@ def main(argv=None) -> dict:
 
     import torch
 
+    from benchmarks.random_models import diffusers_pipeline
     from diffusion_notes.samplers import SAMPLERS
 
     device = torch.device("cpu" if args.dry_run else "cuda")

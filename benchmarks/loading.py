@@ -39,7 +39,7 @@ def make(folder: Path, size: str = "full") -> Path:
 
     from diffusion_notes.stable_diffusion import StableDiffusion
 
-    from .common import random_sd15_pipeline
+    from .random_models import random_sd15_pipeline
 
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "config"

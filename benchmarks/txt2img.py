@@ -18,7 +18,8 @@ from pathlib import Path
 import torch
 
 from .common import configure_threads, machine, table
-from .gpu import diffusers_pipeline, measure, ours_on_their_weights
+from .gpu import measure, ours_on_their_weights
+from .random_models import diffusers_pipeline
 
 
 def main(argv=None) -> str:

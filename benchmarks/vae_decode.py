@@ -16,24 +16,17 @@ import argparse
 import torch
 
 from .common import alternate, configure_threads, machine, table
-
-#: diffusers' ``AutoencoderKL`` arguments: SD 1.5's ("full") and a tiny one for the smoke test.
-VAES = {"full": dict(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
-        "tiny": dict(block_out_channels=(32, 64), layers_per_block=1, down_block_types=("DownEncoderBlock2D",) * 2,
-                     up_block_types=("UpDecoderBlock2D",) * 2)}
-
+from .random_models import vae
 
 def vae_pair(size: str = "full", seed: int = 0):
-    """``(ours, ours_plain, theirs)``: diffusers' AutoencoderKL with random weights, ours prepacked and plain on its tensors."""
-    from diffusers import AutoencoderKL as TheirVAE
-
+    """``(ours, ours_plain, theirs)``: diffusers' AutoencoderKL with random weights (SD 1.5's, or a tiny one
+    for the smoke test), ours prepacked and plain on its tensors."""
     from diffusion_notes.checkpoints import diffusers_layout as layout
     from diffusion_notes.models.prepacked import prepack_convolutions
     from diffusion_notes.models.vae import AutoencoderKL
 
     torch.manual_seed(seed)
-    theirs = TheirVAE(latent_channels=4, norm_num_groups=32, **VAES[size]).eval().requires_grad_(False)
+    theirs = vae(size == "full").eval().requires_grad_(False)
     config = layout.vae_config_from_diffusers(dict(theirs.config))
 
     def ours_on_theirs():
@@ -51,7 +44,7 @@ def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def main(argv=None) -> str:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--size", choices=sorted(VAES), default="full", help="tiny: the smoke test's VAE")
+    p.add_argument("--size", choices=["full", "tiny"], default="full", help="tiny: the smoke test's VAE")
     p.add_argument("--sides", type=int, nargs="+", default=[32, 64], help="latent sides (default 32 64)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--warmup", type=int, default=1)
@@ -60,7 +53,7 @@ def main(argv=None) -> str:
     args = p.parse_args(argv)
     configure_threads(args.threads)
     ours, plain, theirs = vae_pair(args.size)
-    factor = 2 ** (len(VAES[args.size]["block_out_channels"]) - 1)
+    factor = 2 ** (len(theirs.config.block_out_channels) - 1)
     contestants = {"ours": ours, **({"ours, plain nn.Conv2d": plain} if args.plain else {})}
     rows = []
     for side in args.sides:

@@ -194,7 +194,7 @@ def test_euler_in_sigma_is_ddim_with_eta_zero():
 def test_karras_reference_equals_diffusers_convert_to_karras():
     from diffusers import EulerDiscreteScheduler
 
-    from diffusion_notes.exercises.checkers import _karras_ref
+    from diffusion_notes.exercises.sigma_view import _karras_ref
     from diffusion_notes.schedules import NoiseSchedule
 
     sigmas = NoiseSchedule.stable_diffusion().sigmas
@@ -208,7 +208,7 @@ def test_ancestral_reference_equals_diffusers_euler_ancestral_at_eta_one():
     x by (sigma_down - sigma) * 1 and adds sigma_up * z: both sigmas of the reference must reproduce it."""
     from diffusers import EulerAncestralDiscreteScheduler
 
-    from diffusion_notes.exercises.checkers import _ancestral_ref
+    from diffusion_notes.exercises.sigma_view import _ancestral_ref
 
     oracle = EulerAncestralDiscreteScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
     oracle.set_timesteps(10)

@@ -17,23 +17,19 @@ pytestmark = pytest.mark.cuda
 
 def _random_sd15(tmp_path, dtype=torch.float16) -> StableDiffusion:
     """SD 1.5's architecture (860M-parameter UNet, f=8 VAE, CLIP ViT-L) with random weights, on the GPU."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from benchmarks.random_models import clip_vit_l, load_tokenizer
 
     from diffusion_notes.models.config import TEXT_SPECS, unet_preset, vae_preset
     from diffusion_notes.models.text import PromptEncoder
     from diffusion_notes.models.unet import UNetModel
     from diffusion_notes.models.vae import AutoencoderKL
     from diffusion_notes.stable_diffusion import StableDiffusionConfig
-    from models.builders import write_tiny_tokenizer
 
-    tokenizer = CLIPTokenizer.from_pretrained(write_tiny_tokenizer(tmp_path / "tok"))
+    tokenizer = load_tokenizer(tmp_path / "tok")
     config = StableDiffusionConfig("sd1", unet_preset("sd1"), vae_preset())
     with torch.device("cuda"):
         torch.manual_seed(0)
-        text = CLIPTextModel(CLIPTextConfig(  # CLIP ViT-L/14's text tower: (B, 77) -> (B, 77, 768)
-            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-            max_position_embeddings=77, hidden_act="quick_gelu", eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id, pad_token_id=tokenizer.pad_token_id))
+        text = clip_vit_l(tokenizer)
         sd = StableDiffusion(config, UNetModel(config.unet), AutoencoderKL(config.vae),
                              PromptEncoder([tokenizer], [text], TEXT_SPECS["sd1"]))
     return sd.to("cuda", dtype).requires_grad_(False).eval()
