@@ -47,7 +47,7 @@ import torch
 
 from ..errors import CheckpointError
 
-__all__ = ["CheckpointError", "load_state_dict", "save_state_dict", "split_by_prefix", "pick_ema"]
+__all__ = ["CheckpointError", "load_state_dict", "save_state_dict", "refuse_existing", "split_by_prefix", "pick_ema"]
 
 _ACCEPTED = "safetensors, a torch.save zip checkpoint (.ckpt/.pt/.bin) or a legacy torch.save pickle"
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
@@ -360,6 +360,12 @@ def save_state_dict(
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def refuse_existing(path: Path, overwrite: bool) -> None:
+    """CheckpointError if ``path`` (a file or a folder about to be written) exists and ``overwrite`` is False."""
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path}: already exists; pass overwrite=True to replace it, or choose another path.")
 
 
 def _safetensors_ready(state_dict: Mapping[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:

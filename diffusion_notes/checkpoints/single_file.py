@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models.config import SCALE_FACTORS, TEXT_SPECS
+from ..models.config import SCALE_FACTORS, TEXT_SPECS, StableDiffusionConfig
 from ..models.text import PromptEncoder, clip_transformer
 from ..models.unet import UNetModel
 from ..models.vae import AutoencoderKL
@@ -24,9 +24,8 @@ from ..precision import default_dtype
 from ..schedules import NoiseSchedule
 from . import detect
 from .consistency import check_sibling_sizes
-from .building import build, build_clip, clip_state_dict, place, prediction_name, token_ids
-from .diffusers_folder import refuse_existing
-from .io import load_state_dict, pick_ema, save_state_dict
+from .building import LoadedParts, build, build_clip, clip_state_dict, place, prediction_name, token_ids
+from .io import load_state_dict, pick_ema, refuse_existing, save_state_dict
 from .metadata import ModelMetadata, from_header, read_header, to_header
 from .openclip import openclip_to_transformers, transformers_to_openclip
 from .tokenizers import single_file_tokenizers
@@ -39,13 +38,11 @@ __all__ = ["load_single_file", "save_single_file", "model_header"]
 # --------------------------------------------------------------------------------------------
 
 
-def load_single_file(cls, path, config=None, tokenizer=None, prediction_type: str | None = None,
+def load_single_file(path, config=None, tokenizer=None, prediction_type: str | None = None,
                      torch_dtype: torch.dtype | None = None, device=None, use_ema: bool = False,
-                     prepack: bool | None = None):
-    """``cls`` (a :class:`~diffusion_notes.stable_diffusion.StableDiffusion`) from an original checkpoint;
-    see :meth:`StableDiffusion.from_single_file`."""
-    from ..stable_diffusion import StableDiffusionConfig
-
+                     prepack: bool | None = None) -> LoadedParts:
+    """The parts of a ``StableDiffusion``, on ``device`` in ``torch_dtype``, from an original checkpoint;
+    see :meth:`StableDiffusion.from_single_file <diffusion_notes.stable_diffusion.StableDiffusion.from_single_file>`."""
     dtype = torch_dtype or default_dtype(device)
     if prediction_type is not None:
         prediction_name(prediction_type)  # a bad name fails before the weights are read
@@ -84,8 +81,8 @@ def load_single_file(cls, path, config=None, tokenizer=None, prediction_type: st
     encoders = _text_encoders(state_dict, arch.family, tokenizers, text_heads)
     schedule = NoiseSchedule.from_name("scaled_linear", yaml.timesteps, linear_start=yaml.linear_start,
                                        linear_end=yaml.linear_end)
-    model = cls(sd_config, unet, vae, PromptEncoder(tokenizers, encoders, TEXT_SPECS[arch.family]), schedule)
-    return place(model, device, dtype, prepack)
+    parts = LoadedParts(sd_config, unet, vae, PromptEncoder(tokenizers, encoders, TEXT_SPECS[arch.family]), schedule)
+    return place(parts, device, dtype, prepack)
 
 
 def _is_unused_ema(name: str) -> bool:
