@@ -39,7 +39,7 @@ import re
 import struct
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import safetensors.torch
@@ -47,7 +47,7 @@ import torch
 
 from ..errors import CheckpointError
 
-__all__ = ["CheckpointError", "load_state_dict", "save_state_dict", "refuse_existing", "split_by_prefix", "pick_ema"]
+__all__ = ["CheckpointError", "load_state_dict", "save_state_dict", "refuse_existing"]
 
 _ACCEPTED = "safetensors, a torch.save zip checkpoint (.ckpt/.pt/.bin) or a legacy torch.save pickle"
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
@@ -392,88 +392,3 @@ def _string_metadata(metadata: Mapping[str, str] | None, path: Path) -> dict[str
     if bad:
         raise CheckpointError(f"{path}: metadata must map str to str (bad entries: {bad}); json.dumps other values.")
     return dict(metadata)
-
-
-# --------------------------------------------------------------------------------------------
-# Key conventions of single-file checkpoints
-# --------------------------------------------------------------------------------------------
-
-
-def split_by_prefix(
-    state_dict: Mapping[str, torch.Tensor], prefixes: Iterable[str]
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Group a single-file checkpoint into its sub-models, stripping each sub-model's prefix.
-
-    ``split_by_prefix(sd, ["model.diffusion_model.", "first_stage_model.", "cond_stage_model."])``
-    gives ``{"model.diffusion_model.": {unet keys}, "first_stage_model.": {vae keys}, ...}``. SDXL
-    uses ``conditioner.embedders.0.`` (CLIP ViT-L) and ``conditioner.embedders.1.`` (OpenCLIP bigG)
-    for its text encoders. A key goes to its longest matching prefix, so nested prefixes such as
-    ``model.`` and ``model.diffusion_model.`` do not share keys; keys matching no prefix are left
-    out, and a prefix with no keys maps to an empty dict. Tensors are not copied.
-    """
-    prefixes = list(prefixes)
-    groups: dict[str, dict[str, torch.Tensor]] = {prefix: {} for prefix in prefixes}
-    by_length = sorted(prefixes, key=len, reverse=True)
-    for key, tensor in state_dict.items():
-        prefix = next((p for p in by_length if key.startswith(p)), None)
-        if prefix is not None:
-            groups[prefix][key[len(prefix) :]] = tensor
-    return groups
-
-
-#: Where an original single file keeps its UNet (CompVis ``LatentDiffusion.model.diffusion_model``).
-UNET_PREFIX = "model.diffusion_model."
-_EMA_PREFIX = "model_ema."
-_EMA_BOOKKEEPING = {"model_ema.decay", "model_ema.num_updates"}
-
-
-def pick_ema(state_dict: Mapping[str, torch.Tensor], use_ema: bool = False) -> dict[str, torch.Tensor]:
-    """Choose between a CompVis checkpoint's raw and EMA UNet weights; return a dict without EMA keys.
-
-    CompVis ``LitEma`` (``ldm/modules/ema.py``) keeps an exponential moving average of every
-    trainable parameter of ``model`` (the ``DiffusionWrapper``) as a buffer whose name is the
-    parameter name with its dots removed: ``model.diffusion_model.input_blocks.0.0.weight`` has the
-    EMA copy ``model_ema.diffusion_modelinput_blocks00weight``, beside ``model_ema.decay`` and
-    ``model_ema.num_updates``. diffusers' ``convert_ldm_unet_checkpoint(extract_ema=True)`` reads the
-    same names.
-
-    * ``use_ema=False`` (the default) keeps ``model.diffusion_model.*`` as stored. The released SD
-      checkpoints (``v1-5-pruned-emaonly``, ``v2-1_768-ema-pruned``, SDXL base) already hold the EMA
-      weights there and carry no ``model_ema.*`` keys, so this is the right choice for them.
-    * ``use_ema=True`` overwrites each ``model.diffusion_model.*`` parameter with its EMA copy;
-      buffers, which LitEma does not average, keep their stored values. A checkpoint without EMA
-      weights raises :class:`CheckpointError`.
-    """
-    ema = {k: v for k, v in state_dict.items() if k.startswith(_EMA_PREFIX) and k not in _EMA_BOOKKEEPING}
-    picked = {k: v for k, v in state_dict.items() if not k.startswith(_EMA_PREFIX)}
-    if not use_ema:
-        return picked
-    if not ema:
-        raise CheckpointError(
-            "use_ema=True but the checkpoint has no model_ema.* weights; released SD checkpoints already store "
-            "their EMA weights in model.diffusion_model.*, so load them with use_ema=False."
-        )
-    unet_keys = [k for k in picked if k.startswith(UNET_PREFIX)]
-    flat_to_key = _ema_names(unet_keys)
-    unmatched = sorted(set(ema) - set(flat_to_key))
-    if unmatched:
-        raise CheckpointError(
-            f"{len(unmatched)} model_ema.* weights (e.g. {unmatched[0]}) match no model.diffusion_model.* key; "
-            "the EMA and model weights come from different networks, so load with use_ema=False."
-        )
-    for flat, key in flat_to_key.items():
-        if flat in ema:
-            picked[key] = ema[flat]
-    return picked
-
-
-def _ema_names(unet_keys: Iterable[str]) -> dict[str, str]:
-    """LitEma's dotless buffer name for each ``model.diffusion_model.*`` key (``model.`` is LitEma's root)."""
-    names: dict[str, str] = {}
-    for key in unet_keys:
-        flat = _EMA_PREFIX + key[len("model.") :].replace(".", "")
-        if flat in names:
-            # LitEma itself would have stored both parameters under one buffer, so neither is recoverable.
-            raise CheckpointError(f"{names[flat]} and {key} share the EMA name {flat}; the EMA weights are ambiguous.")
-        names[flat] = key
-    return names
