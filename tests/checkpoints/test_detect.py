@@ -83,7 +83,7 @@ def test_released_vae_agrees_with_diffusers():
 
 
 def test_yaml_sets_heads_and_parameterization(tmp_path):
-    from .builders import write_original_yaml
+    from models.builders import write_original_yaml
 
     original = detect.read_original_yaml(write_original_yaml(tmp_path / "v.yaml", "sd2", "v"))
     assert original.prediction_type == "v" and original.scale_factor == 0.18215

@@ -10,7 +10,7 @@ import torch
 
 from diffusion_notes.stable_diffusion import StableDiffusion
 
-from .builders import write_original_yaml
+from models.builders import write_original_yaml
 from .oracles import PROMPTS, diffusers_prompt, diffusers_unet, max_diff, our_unet, unet_inputs
 
 TOL = 1e-5
