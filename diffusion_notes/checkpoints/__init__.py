@@ -2,8 +2,8 @@
 
 ``io`` reads any safetensors or ``torch.save`` file without running code from it and writes
 safetensors atomically (``safetensors_header`` reads and checks a safetensors header);
-``key_layout`` names where an original single file keeps each network; ``openclip`` converts OpenCLIP text towers (SD 2.x, SDXL) to and from the
-transformers CLIP layout; ``detect`` reads an original file's architecture from its shapes (and an
+``key_layout`` names where an original single file keeps each network; ``openclip`` converts
+OpenCLIP text towers (SD 2.x, SDXL) to and from the transformers CLIP layout; ``detect`` reads an original file's architecture from its shapes (and an
 original YAML); ``single_file`` and ``diffusers_folder`` read and write whole models in the two
 layouts, building networks with ``building``; ``tokenizers`` and ``hub`` find what single files lack.
 """

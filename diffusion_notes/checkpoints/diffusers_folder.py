@@ -20,7 +20,8 @@ from ..models.vae import AutoencoderKL
 from ..precision import default_dtype
 from ..schedules import DIFFUSERS_NAMES, SD_BETA_RANGE, NoiseSchedule
 from . import diffusers_layout as layout
-from .building import DIFFUSERS_PREDICTION, LoadedParts, build, build_clip, check_schedule_values, place, prediction_name
+from .building import (DIFFUSERS_PREDICTION, LoadedParts, build, build_clip, check_schedule_values, place,
+                       prediction_name)
 from .hub import resolve_folder
 from .io import load_state_dict, refuse_existing, save_state_dict
 from .tokenizers import load_tokenizer

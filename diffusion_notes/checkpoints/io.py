@@ -173,7 +173,8 @@ def _read_safetensors(path: Path, header: SafetensorsHeader, device: torch.devic
             raw = torch.empty(end - start, dtype=torch.uint8)
             f.seek(header.data_start + start)
             _read_exactly(f, memoryview(raw.numpy()), path)
-            tensors[name] = _converted(raw.view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"]), dtype).to(device)
+            tensor = raw.view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+            tensors[name] = _converted(tensor, dtype).to(device)
     return tensors
 
 

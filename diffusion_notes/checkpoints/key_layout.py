@@ -19,9 +19,9 @@ prefix                                             network
 
 Inside each network the names are CompVis's own (``input_blocks.N.``, ``encoder.down.N.``) or
 transformers' (``text_model.encoder.layers.N.``); the patterns below capture the ``N`` the
-architecture is counted from. diffusers' folder layout is the other one
-(:mod:`~diffusion_notes.checkpoints.diffusers_layout`; diffusers converts with
-``convert_ldm_unet_checkpoint`` and ``LDM_*_KEYS``).
+architecture is counted from. diffusers knows the same prefixes as ``LDM_UNET_KEY``,
+``LDM_VAE_KEYS`` and ``LDM_CLIP_PREFIX_TO_REMOVE`` (``diffusers/loaders/single_file_utils.py``); its
+folder layout is the other one (:mod:`~diffusion_notes.checkpoints.diffusers_layout`).
 """
 
 from __future__ import annotations

@@ -86,7 +86,8 @@ def _check_header(path: Path, header, data_size: int) -> None:
     if not isinstance(header, dict):
         raise truncated(path, f"its JSON header is a {type(header).__name__}, not an object of tensors")
     metadata = header.get("__metadata__", {})
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                                 for k, v in metadata.items()):
         raise truncated(path, "its __metadata__ is not a table of strings")
     ranges = []
     for name, info in header.items():
