@@ -16,13 +16,12 @@ What the pipeline relies on is listed in the docstring of :class:`StableDiffusio
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from . import decoding, pipeline
-from .models.config import AutoencoderConfig, UNetConfig
+from .models.config import StableDiffusionConfig  # defined with the model configs; re-exported here
 from .models.embeddings import size_embedding
 from .models.text import PromptEncoder
 from .models.unet import UNetModel
@@ -41,19 +40,6 @@ def _pipeline_method(function):
         return function(self, *args, **kwargs)
 
     return method
-
-
-@dataclass(frozen=True)
-class StableDiffusionConfig:
-    """Everything needed to rebuild the networks and interpret their output."""
-
-    family: str
-    unet: UNetConfig
-    vae: AutoencoderConfig
-    prediction_type: str = "eps"
-    scale_factor: float = 0.18215
-    #: (height, width) in pixels the model was trained at; None = the family's release (pipeline.default_size).
-    native_size: tuple[int, int] | None = None
 
 
 class StableDiffusion(nn.Module):
@@ -149,8 +135,9 @@ class StableDiffusion(nn.Module):
         """
         from .checkpoints.diffusers_folder import load_diffusers_folder
 
-        return load_diffusers_folder(cls, folder_or_hub_id, torch_dtype=torch_dtype, device=device,
-                                     prediction_type=prediction_type, prepack=prepack)
+        parts = load_diffusers_folder(folder_or_hub_id, torch_dtype=torch_dtype, device=device,
+                                      prediction_type=prediction_type, prepack=prepack)
+        return cls(parts.config, parts.unet, parts.vae, parts.prompt_encoder, parts.schedule)
 
     def save_pretrained(self, folder, overwrite: bool = False) -> None:
         """Write the diffusers folder layout (readable by diffusers' ``StableDiffusion(XL)Pipeline``)."""
@@ -190,8 +177,9 @@ class StableDiffusion(nn.Module):
         """
         from .checkpoints.single_file import load_single_file
 
-        return load_single_file(cls, path, config=config, tokenizer=tokenizer, prediction_type=prediction_type,
-                                torch_dtype=torch_dtype, device=device, use_ema=use_ema, prepack=prepack)
+        parts = load_single_file(path, config=config, tokenizer=tokenizer, prediction_type=prediction_type,
+                                 torch_dtype=torch_dtype, device=device, use_ema=use_ema, prepack=prepack)
+        return cls(parts.config, parts.unet, parts.vae, parts.prompt_encoder, parts.schedule)
 
     def save_single_file(self, path, overwrite: bool = False, metadata: dict[str, str] | None = None) -> None:
         """Write one ``.safetensors`` in the original layout (what ``from_single_file`` of diffusers,

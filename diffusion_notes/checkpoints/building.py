@@ -2,20 +2,44 @@
 
 Every network is built on the ``meta`` device and receives the loaded tensors with
 ``load_state_dict(assign=True)``; the readers have already converted them to the wanted dtype, one
-tensor at a time (``checkpoints.io.load_state_dict(dtype=)``), so that copy is the one kept. Shared by the single-file and the diffusers-folder readers, which finish with :func:`place`.
+tensor at a time (``checkpoints.io.load_state_dict(dtype=)``), so that copy is the one kept. Shared
+by the single-file and the diffusers-folder readers, which return :class:`LoadedParts` placed by
+:func:`place`; ``StableDiffusion.from_single_file`` / ``from_pretrained`` assemble the model from them.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ..errors import CheckpointError, SettingsError
+from ..models.config import StableDiffusionConfig
 from ..models.prepacked import prepack_convolutions
-from ..models.text import materialize_position_ids
+from ..models.text import PromptEncoder, materialize_position_ids
+from ..models.unet import UNetModel
+from ..models.vae import AutoencoderKL
+from ..schedules import NoiseSchedule
 
-__all__ = ["check_schedule_values", "load_into", "build", "place", "build_clip", "clip_key", "clip_state_dict",
-           "token_ids", "prediction_name", "DIFFUSERS_PREDICTION"]
+__all__ = ["LoadedParts", "check_schedule_values", "load_into", "build", "place", "build_clip", "clip_key",
+           "clip_state_dict", "token_ids", "prediction_name", "DIFFUSERS_PREDICTION"]
+
+
+@dataclass
+class LoadedParts:
+    """What a checkpoint reader returns: the parts of a ``StableDiffusion``, in its constructor's order.
+
+    diffusers' ``DiffusionPipeline.from_pretrained`` likewise loads each component, then calls the
+    pipeline class with them; CompVis's ``LatentDiffusion`` holds the same parts as ``model``
+    (``diffusion_model``), ``first_stage_model``, ``cond_stage_model`` and its ``register_schedule`` buffers.
+    """
+
+    config: StableDiffusionConfig
+    unet: UNetModel
+    vae: AutoencoderKL
+    prompt_encoder: PromptEncoder
+    schedule: NoiseSchedule
 
 _PREDICTION_NAMES = {"eps": "eps", "epsilon": "eps", "v": "v", "v_prediction": "v"}
 #: Our prediction-type names -> diffusers' scheduler ``prediction_type``.
@@ -56,13 +80,16 @@ def load_into(module: nn.Module, state_dict: dict, what: str, prefix: str, confi
 
 
 def place(model, device, dtype: torch.dtype, prepack: bool | None):
-    """Move a freshly built ``StableDiffusion`` to ``device`` / ``dtype``; then, when ``prepack`` is True,
+    """Move freshly built networks (``model``: :class:`LoadedParts` or a ``StableDiffusion``, anything with
+    ``unet``, ``vae`` and ``prompt_encoder``) to ``device`` / ``dtype``; then, when ``prepack`` is True,
     or None and the networks are on the CPU, prepack the UNet's and VAE's convolutions for oneDNN
     (:mod:`diffusion_notes.models.prepacked`: the same weights, reordered once instead of at every
-    call; the model is then for inference). The model is ours, just built: nothing of the caller's changes."""
-    model = model.to(device, dtype)
-    if prepack is None:
-        prepack = model.device.type == "cpu"
+    call; the model is then for inference). The networks are ours, just built: nothing of the caller's
+    changes. Returns ``model``."""
+    for network in (model.unet, model.vae, model.prompt_encoder):
+        network.to(device=device, dtype=dtype)
+    if prepack is None:  # read from a Linear weight, always a parameter (as StableDiffusion.device)
+        prepack = model.unet.time_embed[0].weight.device.type == "cpu"
     if prepack:
         prepack_convolutions(model.unet)
         prepack_convolutions(model.vae)

@@ -15,13 +15,12 @@ import re
 from collections import Counter
 
 from ..errors import CheckpointError
+from .key_layout import CLIP_KEYS as _CLIP
+from .key_layout import OPENCLIP_KEYS as _OPEN
+from .key_layout import UNET_KEYS as _U
+from .key_layout import VAE_KEYS as _V
 
 __all__ = ["SIBLING_SIZES", "check_sibling_sizes"]
-
-_U = r"model\.diffusion_model\."
-_V = r"first_stage_model\."
-_CLIP = r"(?:cond_stage_model\.transformer\.|conditioner\.embedders\.0\.transformer\.)(?:text_model\.)?"
-_OPEN = r"(?:cond_stage_model\.model\.|conditioner\.embedders\.1\.model\.)"
 
 #: (what the size is, the encoder prefix pattern it is grouped by, [(key pattern, dimension), ...]).
 SIBLING_SIZES = [

@@ -18,25 +18,19 @@ Files written by ``StableDiffusion.save_single_file`` record all four in their s
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..errors import CheckpointError
 from ..models.config import AutoencoderConfig, UNetConfig, unet_preset
 from ..schedules import SD_BETA_RANGE
-from .io import UNET_PREFIX, CheckpointError, split_by_prefix
+from .key_layout import (CLIP_LAYER, TEXT_PREFIXES, UNET_INPUT_BLOCK, UNET_PREFIX, VAE_LEVEL, VAE_LEVEL_0_RESBLOCK,
+                         VAE_PREFIX, indices, strip_prefix, transformer_block)
 
-__all__ = ["UNET_PREFIX", "VAE_PREFIX", "TEXT_PREFIXES", "Architecture", "detect_family", "detect_architecture",
-           "strip_prefix", "unet_config_from_state_dict", "vae_config_from_state_dict", "clip_config_kwargs",
-           "OriginalConfig", "read_original_yaml", "apply_metadata_heads", "apply_yaml_unet", "RELEASED_CLIP_HEADS"]
+__all__ = ["Architecture", "detect_family", "detect_architecture", "unet_config_from_state_dict",
+           "vae_config_from_state_dict", "clip_config_kwargs", "OriginalConfig", "read_original_yaml",
+           "apply_metadata_heads", "apply_yaml_unet", "RELEASED_CLIP_HEADS"]
 
-VAE_PREFIX = "first_stage_model."
-#: Where each family keeps its text encoder(s): transformers layout (``.transformer.``) or open_clip (``.model.``).
-TEXT_PREFIXES = {
-    "sd1": ("cond_stage_model.transformer.",),
-    "sd2": ("cond_stage_model.model.",),
-    "sdxl": ("conditioner.embedders.0.transformer.", "conditioner.embedders.1.model."),
-}
 _CONTEXT_WIDTHS = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 
 
@@ -45,16 +39,6 @@ class Architecture:
     family: str
     unet: UNetConfig
     vae: AutoencoderConfig
-
-
-def strip_prefix(state_dict: dict, prefix: str) -> dict:
-    """The entries under ``prefix``, with it removed (one group of :func:`io.split_by_prefix`)."""
-    return split_by_prefix(state_dict, [prefix])[prefix]
-
-
-def _indices(keys, pattern: str) -> list[int]:
-    """Sorted distinct integers captured by ``pattern`` (one group) in ``keys``."""
-    return sorted({int(m.group(1)) for k in keys if (m := re.match(pattern, k))})
 
 
 def detect_family(state_dict: dict) -> str:
@@ -82,13 +66,13 @@ def _context_dim(unet: dict) -> int:
 
 
 def _depth(unet: dict, block: str) -> int:
-    return len(_indices(unet, re.escape(block) + r"\.1\.transformer_blocks\.(\d+)\."))
+    return len(indices(unet, transformer_block(block)))
 
 
 def _levels(unet: dict) -> list[list[str]]:
     """The input ResBlock names of each resolution level (levels end at a Downsample)."""
     levels, current = [], []
-    for i in _indices(unet, r"input_blocks\.(\d+)\.")[1:]:
+    for i in indices(unet, UNET_INPUT_BLOCK)[1:]:
         if f"input_blocks.{i}.0.op.weight" in unet:
             levels.append(current)
             current = []
@@ -126,11 +110,11 @@ def unet_config_from_state_dict(unet: dict, family: str, pooled_dim: int | None 
 def vae_config_from_state_dict(vae: dict) -> AutoencoderConfig:
     """``AutoencoderConfig`` from CompVis ``first_stage_model`` tensors (prefix stripped)."""
     ch = vae["encoder.conv_in.weight"].shape[0]
-    levels = _indices(vae, r"encoder\.down\.(\d+)\.")
+    levels = indices(vae, VAE_LEVEL)
     return AutoencoderConfig(
         in_channels=vae["encoder.conv_in.weight"].shape[1], out_ch=vae["decoder.conv_out.weight"].shape[0], ch=ch,
         ch_mult=tuple(vae[f"encoder.down.{i}.block.0.conv2.weight"].shape[0] // ch for i in levels),
-        num_res_blocks=len(_indices(vae, r"encoder\.down\.0\.block\.(\d+)\.")),
+        num_res_blocks=len(indices(vae, VAE_LEVEL_0_RESBLOCK)),
         z_channels=vae["decoder.conv_in.weight"].shape[1], embed_dim=vae["quant_conv.weight"].shape[0] // 2,
     )
 
@@ -163,7 +147,7 @@ def clip_config_kwargs(text: dict, hidden_act: str, num_heads: int | None = None
     kwargs = dict(
         vocab_size=text["embeddings.token_embedding.weight"].shape[0], hidden_size=hidden,
         max_position_embeddings=text["embeddings.position_embedding.weight"].shape[0],
-        num_hidden_layers=len(_indices(text, r"encoder\.layers\.(\d+)\.")),
+        num_hidden_layers=len(indices(text, CLIP_LAYER)),
         intermediate_size=text["encoder.layers.0.mlp.fc1.weight"].shape[0],
         num_attention_heads=num_heads,
         hidden_act=hidden_act,
@@ -182,7 +166,7 @@ def detect_architecture(state_dict: dict) -> Architecture:
         missing = UNET_PREFIX if not unet else VAE_PREFIX
         raise CheckpointError(f"incomplete checkpoint: no tensors under {missing!r}; a full Stable Diffusion "
                               "checkpoint holds the UNet, the VAE and the text encoder(s).")
-    projection = state_dict.get("conditioner.embedders.1.model.text_projection")
+    projection = state_dict.get(TEXT_PREFIXES["sdxl"][1] + "text_projection")  # bigG's
     pooled_dim = projection.shape[1] if projection is not None else None
     return Architecture(family, unet_config_from_state_dict(unet, family, pooled_dim), vae_config_from_state_dict(vae))
 

@@ -13,16 +13,17 @@ from pathlib import Path
 import torch
 
 from ..errors import CheckpointError
-from ..models.config import SCALE_FACTORS, TEXT_SPECS
+from ..models.config import SCALE_FACTORS, TEXT_SPECS, StableDiffusionConfig
 from ..models.text import PromptEncoder
 from ..models.unet import UNetModel
 from ..models.vae import AutoencoderKL
 from ..precision import default_dtype
 from ..schedules import DIFFUSERS_NAMES, SD_BETA_RANGE, NoiseSchedule
 from . import diffusers_layout as layout
-from .building import DIFFUSERS_PREDICTION, build, build_clip, check_schedule_values, place, prediction_name
+from .building import (DIFFUSERS_PREDICTION, LoadedParts, build, build_clip, check_schedule_values, place,
+                       prediction_name)
 from .hub import resolve_folder
-from .io import load_state_dict, save_state_dict
+from .io import load_state_dict, refuse_existing, save_state_dict
 from .tokenizers import load_tokenizer
 
 __all__ = ["load_diffusers_folder", "save_diffusers_folder", "WEIGHT_NAMES"]
@@ -37,12 +38,10 @@ WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "model.safetensors", "dif
 # --------------------------------------------------------------------------------------------
 
 
-def load_diffusers_folder(cls, folder_or_hub_id, torch_dtype: torch.dtype | None = None, device=None,
-                          prediction_type: str | None = None, prepack: bool | None = None):
-    """``cls`` (a :class:`~diffusion_notes.stable_diffusion.StableDiffusion`) from a diffusers folder or hub id;
-    see :meth:`StableDiffusion.from_pretrained`."""
-    from ..stable_diffusion import StableDiffusionConfig
-
+def load_diffusers_folder(folder_or_hub_id, torch_dtype: torch.dtype | None = None, device=None,
+                          prediction_type: str | None = None, prepack: bool | None = None) -> LoadedParts:
+    """The parts of a ``StableDiffusion``, on ``device`` in ``torch_dtype``, from a diffusers folder or hub id;
+    see :meth:`StableDiffusion.from_pretrained <diffusion_notes.stable_diffusion.StableDiffusion.from_pretrained>`."""
     root = resolve_folder(folder_or_hub_id)
     if root.is_file():
         raise CheckpointError(f"{root}: a file, not a diffusers folder; load single files with from_single_file "
@@ -68,10 +67,11 @@ def load_diffusers_folder(cls, folder_or_hub_id, torch_dtype: torch.dtype | None
                       load_state_dict(unet_weights, dtype=dtype), unet_path)
     vae_sd = _parsed(vae_weights, lambda w: layout.vae_from_diffusers(w, vae_config),
                      load_state_dict(vae_weights, dtype=dtype), vae_path)
-    model = cls(config, build(UNetModel, unet_config, unet_sd, "UNet", "unet/", str(root / "unet" / "config.json")),
-                build(AutoencoderKL, vae_config, vae_sd, "VAE", "vae/", str(root / "vae" / "config.json")),
-                _folder_prompt_encoder(root, family, dtype), _schedule_from_scheduler(scheduler, scheduler_path))
-    return place(model, device, dtype, prepack)
+    unet = build(UNetModel, unet_config, unet_sd, "UNet", "unet/", str(unet_path))
+    vae = build(AutoencoderKL, vae_config, vae_sd, "VAE", "vae/", str(vae_path))
+    parts = LoadedParts(config, unet, vae, _folder_prompt_encoder(root, family, dtype),
+                        _schedule_from_scheduler(scheduler, scheduler_path))
+    return place(parts, device, dtype, prepack)
 
 
 def _parsed(path: Path, parse, data, config: Path | None = None):
@@ -167,12 +167,6 @@ def _folder_prompt_encoder(root: Path, family: str, dtype: torch.dtype | None = 
 # --------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------
-
-
-def refuse_existing(path: Path, overwrite: bool) -> None:
-    """CheckpointError if ``path`` exists and ``overwrite`` is False."""
-    if path.exists() and not overwrite:
-        raise CheckpointError(f"{path}: already exists; pass overwrite=True to replace it, or choose another path.")
 
 
 def save_diffusers_folder(sd, folder, overwrite: bool = False) -> None:

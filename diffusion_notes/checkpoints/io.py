@@ -5,8 +5,9 @@ decide which reader opens it (names can lie: a ``.ckpt`` may hold safetensors by
 ``.safetensors`` a pickle):
 
 * ``<u64 n>{``: **safetensors**, an 8-byte little-endian header length ``n``, a JSON header
-  naming each tensor's dtype, shape and byte range, then the raw bytes. Read here tensor by
-  tensor (converted to the wanted dtype as it arrives), as ``safetensors.torch.load_file`` would.
+  naming each tensor's dtype, shape and byte range, then the raw bytes. The header is read and
+  checked by :mod:`~diffusion_notes.checkpoints.safetensors_header`; the tensors are read here one
+  by one (converted to the wanted dtype as each arrives), as ``safetensors.torch.load_file`` would.
 * ``PK\x03\x04``: a **torch.save zip archive** (``.ckpt``, ``.pt``, ``.bin`` since PyTorch 1.6).
   Read memory-mapped by ``torch.load``.
 * ``\x80``: a **legacy torch.save pickle** (PyTorch < 1.6). Read by ``torch.load``.
@@ -32,28 +33,26 @@ full unpickling and ``pl_sd["state_dict"]``), ``safetensors.torch.load_file``.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
-import struct
 import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import safetensors.torch
 import torch
 
 from ..errors import CheckpointError
+from .safetensors_header import (SAFETENSORS_DTYPES, SafetensorsHeader, read_safetensors_header,
+                                 starts_like_safetensors, truncated)
 
-__all__ = ["CheckpointError", "load_state_dict", "save_state_dict", "split_by_prefix", "pick_ema"]
+__all__ = ["CheckpointError", "load_state_dict", "save_state_dict", "refuse_existing"]
 
 _ACCEPTED = "safetensors, a torch.save zip checkpoint (.ckpt/.pt/.bin) or a legacy torch.save pickle"
 _LFS_POINTER = b"version https://git-lfs.github.com/spec/v1"
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80
-_SAFETENSORS_MAX_HEADER = 100_000_000  # the limit the safetensors library itself enforces
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,7 +86,7 @@ def load_state_dict(path: str | os.PathLike, *, device: str | torch.device = "cp
         raise CheckpointError(f"{path}: dtype={dtype} asked for; weights convert to a floating-point dtype only.")
     skip = skip or (lambda name: False)
     if kind == "safetensors":
-        return _read_safetensors(path, _safetensors_header(path), device, dtype, skip)
+        return _read_safetensors(path, read_safetensors_header(path), device, dtype, skip)
     if path.suffix == ".safetensors":
         warnings.warn(
             f"{path}: named .safetensors but is a torch pickle; read with the weights-only loader. "
@@ -127,8 +126,7 @@ def _sniff(path: Path) -> str:
         )
     if head.startswith(_ZIP_MAGIC):
         return "zip"
-    # Before the pickle test: a safetensors header length can itself start with the byte 0x80.
-    if len(head) > 8 and head[8:9] in (b"{", b"["):  # JSON: a header that is not an object is refused later
+    if starts_like_safetensors(head):  # before the pickle test (see there)
         return "safetensors"
     if head[0] == _PICKLE_PROTO:
         return "pickle"
@@ -157,101 +155,26 @@ def _describe(head: bytes) -> str:
     return "unrecognised first bytes"
 
 
-def _safetensors_header(path: Path) -> tuple[int, dict]:
-    """``(data_start, header)``; refuse a file whose header or tensor data runs past its end.
-
-    Checked before reading any tensor, so a truncated download fails at once with a clear message
-    instead of late and obscurely (a short read, or a shape error deep inside a model).
-    """
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        (header_len,) = struct.unpack("<Q", f.read(8).ljust(8, b"\0"))
-        if header_len > _SAFETENSORS_MAX_HEADER or 8 + header_len > size:
-            raise _truncated(path, f"its header claims {header_len} bytes but the file has {size}")
-        try:
-            header = json.loads(f.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _truncated(path, "its JSON header is malformed") from exc
-    data_size = size - 8 - header_len
-    _check_header(path, header, data_size)
-    return 8 + header_len, header
-
-
-def _check_header(path: Path, header, data_size: int) -> None:
-    """Every entry of a safetensors header well formed, before a single tensor is read: a JSON object;
-    each tensor a known ``dtype``, a ``shape`` of non-negative integers and ``data_offsets`` ``[begin,
-    end]`` inside the data whose length is the shape's bytes, no two tensors' bytes overlapping;
-    ``__metadata__`` a str -> str table. (The format's specification: huggingface/safetensors README.)"""
-    if not isinstance(header, dict):
-        raise _truncated(path, f"its JSON header is a {type(header).__name__}, not an object of tensors")
-    metadata = header.get("__metadata__", {})
-    if not isinstance(metadata, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        raise _truncated(path, "its __metadata__ is not a table of strings")
-    ranges = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        if not isinstance(info, dict):
-            raise _truncated(path, f"tensor {name!r} is described by a {type(info).__name__}, not an object")
-        dtype, shape, offsets = info.get("dtype"), info.get("shape"), info.get("data_offsets")
-        if not isinstance(dtype, str) or dtype not in _SAFETENSORS_DTYPES:
-            raise _truncated(path, f"tensor {name!r} has dtype {dtype!r}; known: {', '.join(_SAFETENSORS_DTYPES)}")
-        if not isinstance(shape, list) or not all(_is_count(n) for n in shape):
-            raise _truncated(path, f"tensor {name!r} has shape {shape!r}, not a list of non-negative integers")
-        if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_count(n) for n in offsets)):
-            raise _truncated(path, f"tensor {name!r} has data_offsets {offsets!r}, not [begin, end]")
-        begin, end = offsets
-        if begin > end or end > data_size:
-            raise _truncated(path, f"tensor {name!r} needs data bytes {begin}..{end} but only {data_size} are present")
-        if math.prod(shape) * _SAFETENSORS_DTYPES[dtype].itemsize != end - begin:
-            raise _truncated(path, f"tensor {name!r} claims shape {shape} of {dtype} but {end - begin} bytes")
-        ranges.append((begin, end, name))
-    ranges.sort()
-    for (_, end, first), (begin, _, second) in zip(ranges, ranges[1:]):
-        if begin < end:
-            raise _truncated(path, f"tensors {first!r} and {second!r} claim the same data bytes")
-
-
-def _is_count(n) -> bool:
-    return isinstance(n, int) and not isinstance(n, bool) and n >= 0
-
-
-def _truncated(path: Path, why: str) -> CheckpointError:
-    return CheckpointError(f"{path}: truncated or corrupt safetensors file ({why}); download it again.")
-
-
-#: safetensors' dtype names (all little-endian, as the format prescribes).
-_SAFETENSORS_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-                       "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2}
-
-
-def _read_safetensors(path: Path, data_start_and_header: tuple[int, dict], device: torch.device,
-                      dtype: torch.dtype | None, skip: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+def _read_safetensors(path: Path, header: SafetensorsHeader, device: torch.device, dtype: torch.dtype | None,
+                      skip: Callable[[str], bool]) -> dict[str, torch.Tensor]:
     """Each tensor read into its own buffer in file order, converted, then moved to ``device``.
 
     What ``safetensors.torch.load_file`` returns, without mapping the file: a mapped file's pages
-    count in the process's memory for as long as any tensor of the file lives.
+    count in the process's memory for as long as any tensor of the file lives. The header has been
+    checked (:func:`~diffusion_notes.checkpoints.safetensors_header.read_safetensors_header`): every
+    dtype is known and every byte range fits its shape and the file.
     """
-    data_start, header = data_start_and_header
-    entries = sorted(((name, info) for name, info in header.items() if name != "__metadata__" and not skip(name)),
+    entries = sorted(((name, info) for name, info in header.tensors.items() if not skip(name)),
                      key=lambda entry: entry[1]["data_offsets"][0])
     tensors = {}
     with open(path, "rb", buffering=0) as f:
         for name, info in entries:
-            source_dtype = _SAFETENSORS_DTYPES.get(info.get("dtype"))
             start, end = info["data_offsets"]
-            shape = [int(n) for n in info.get("shape", [])]
-            if source_dtype is None:
-                raise CheckpointError(f"{path}: tensor {name!r} has dtype {info.get('dtype')!r}, which this reader "
-                                      f"does not know ({', '.join(_SAFETENSORS_DTYPES)}); re-save the file.")
-            if math.prod(shape) * source_dtype.itemsize != end - start:
-                raise CheckpointError(f"{path}: tensor {name!r} claims shape {shape} of {info['dtype']} but "
-                                      f"{end - start} bytes; the file is corrupt, download it again.")
             raw = torch.empty(end - start, dtype=torch.uint8)
-            f.seek(data_start + start)
+            f.seek(header.data_start + start)
             _read_exactly(f, memoryview(raw.numpy()), path)
-            tensors[name] = _converted(raw.view(source_dtype).reshape(shape), dtype).to(device)
+            tensor = raw.view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
+            tensors[name] = _converted(tensor, dtype).to(device)
     return tensors
 
 
@@ -260,7 +183,7 @@ def _read_exactly(f, buffer: memoryview, path: Path) -> None:
     while done < len(buffer):  # one read() returns at most ~2 GiB on Linux
         n = f.readinto(buffer[done:])
         if not n:
-            raise _truncated(path, "the file ended inside a tensor")
+            raise truncated(path, "the file ended inside a tensor")
         done += n
 
 
@@ -362,6 +285,12 @@ def save_state_dict(
             os.remove(tmp)
 
 
+def refuse_existing(path: Path, overwrite: bool) -> None:
+    """CheckpointError if ``path`` (a file or a folder about to be written) exists and ``overwrite`` is False."""
+    if path.exists() and not overwrite:
+        raise CheckpointError(f"{path}: already exists; pass overwrite=True to replace it, or choose another path.")
+
+
 def _safetensors_ready(state_dict: Mapping[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
     """Detached, contiguous CPU tensors, no two of which share memory."""
     ready, seen_storages = {}, set()
@@ -386,88 +315,3 @@ def _string_metadata(metadata: Mapping[str, str] | None, path: Path) -> dict[str
     if bad:
         raise CheckpointError(f"{path}: metadata must map str to str (bad entries: {bad}); json.dumps other values.")
     return dict(metadata)
-
-
-# --------------------------------------------------------------------------------------------
-# Key conventions of single-file checkpoints
-# --------------------------------------------------------------------------------------------
-
-
-def split_by_prefix(
-    state_dict: Mapping[str, torch.Tensor], prefixes: Iterable[str]
-) -> dict[str, dict[str, torch.Tensor]]:
-    """Group a single-file checkpoint into its sub-models, stripping each sub-model's prefix.
-
-    ``split_by_prefix(sd, ["model.diffusion_model.", "first_stage_model.", "cond_stage_model."])``
-    gives ``{"model.diffusion_model.": {unet keys}, "first_stage_model.": {vae keys}, ...}``. SDXL
-    uses ``conditioner.embedders.0.`` (CLIP ViT-L) and ``conditioner.embedders.1.`` (OpenCLIP bigG)
-    for its text encoders. A key goes to its longest matching prefix, so nested prefixes such as
-    ``model.`` and ``model.diffusion_model.`` do not share keys; keys matching no prefix are left
-    out, and a prefix with no keys maps to an empty dict. Tensors are not copied.
-    """
-    prefixes = list(prefixes)
-    groups: dict[str, dict[str, torch.Tensor]] = {prefix: {} for prefix in prefixes}
-    by_length = sorted(prefixes, key=len, reverse=True)
-    for key, tensor in state_dict.items():
-        prefix = next((p for p in by_length if key.startswith(p)), None)
-        if prefix is not None:
-            groups[prefix][key[len(prefix) :]] = tensor
-    return groups
-
-
-#: Where an original single file keeps its UNet (CompVis ``LatentDiffusion.model.diffusion_model``).
-UNET_PREFIX = "model.diffusion_model."
-_EMA_PREFIX = "model_ema."
-_EMA_BOOKKEEPING = {"model_ema.decay", "model_ema.num_updates"}
-
-
-def pick_ema(state_dict: Mapping[str, torch.Tensor], use_ema: bool = False) -> dict[str, torch.Tensor]:
-    """Choose between a CompVis checkpoint's raw and EMA UNet weights; return a dict without EMA keys.
-
-    CompVis ``LitEma`` (``ldm/modules/ema.py``) keeps an exponential moving average of every
-    trainable parameter of ``model`` (the ``DiffusionWrapper``) as a buffer whose name is the
-    parameter name with its dots removed: ``model.diffusion_model.input_blocks.0.0.weight`` has the
-    EMA copy ``model_ema.diffusion_modelinput_blocks00weight``, beside ``model_ema.decay`` and
-    ``model_ema.num_updates``. diffusers' ``convert_ldm_unet_checkpoint(extract_ema=True)`` reads the
-    same names.
-
-    * ``use_ema=False`` (the default) keeps ``model.diffusion_model.*`` as stored. The released SD
-      checkpoints (``v1-5-pruned-emaonly``, ``v2-1_768-ema-pruned``, SDXL base) already hold the EMA
-      weights there and carry no ``model_ema.*`` keys, so this is the right choice for them.
-    * ``use_ema=True`` overwrites each ``model.diffusion_model.*`` parameter with its EMA copy;
-      buffers, which LitEma does not average, keep their stored values. A checkpoint without EMA
-      weights raises :class:`CheckpointError`.
-    """
-    ema = {k: v for k, v in state_dict.items() if k.startswith(_EMA_PREFIX) and k not in _EMA_BOOKKEEPING}
-    picked = {k: v for k, v in state_dict.items() if not k.startswith(_EMA_PREFIX)}
-    if not use_ema:
-        return picked
-    if not ema:
-        raise CheckpointError(
-            "use_ema=True but the checkpoint has no model_ema.* weights; released SD checkpoints already store "
-            "their EMA weights in model.diffusion_model.*, so load them with use_ema=False."
-        )
-    unet_keys = [k for k in picked if k.startswith(UNET_PREFIX)]
-    flat_to_key = _ema_names(unet_keys)
-    unmatched = sorted(set(ema) - set(flat_to_key))
-    if unmatched:
-        raise CheckpointError(
-            f"{len(unmatched)} model_ema.* weights (e.g. {unmatched[0]}) match no model.diffusion_model.* key; "
-            "the EMA and model weights come from different networks, so load with use_ema=False."
-        )
-    for flat, key in flat_to_key.items():
-        if flat in ema:
-            picked[key] = ema[flat]
-    return picked
-
-
-def _ema_names(unet_keys: Iterable[str]) -> dict[str, str]:
-    """LitEma's dotless buffer name for each ``model.diffusion_model.*`` key (``model.`` is LitEma's root)."""
-    names: dict[str, str] = {}
-    for key in unet_keys:
-        flat = _EMA_PREFIX + key[len("model.") :].replace(".", "")
-        if flat in names:
-            # LitEma itself would have stored both parameters under one buffer, so neither is recoverable.
-            raise CheckpointError(f"{names[flat]} and {key} share the EMA name {flat}; the EMA weights are ambiguous.")
-        names[flat] = key
-    return names

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CheckpointError
+from .safetensors_header import read_safetensors_header, starts_like_safetensors
 
 __all__ = ["ModelMetadata", "to_header", "read_header", "from_header"]
 
@@ -75,14 +76,15 @@ def to_header(meta: ModelMetadata) -> dict[str, str]:
 
 
 def read_header(path) -> dict[str, str]:
-    """The ``__metadata__`` table of a safetensors file (empty for other containers or none)."""
-    from safetensors import safe_open
-
+    """The ``__metadata__`` table of a safetensors file (empty for other containers, unreadable files, or none);
+    what ``safetensors.safe_open(path).metadata()`` returns."""
     path = Path(path)
     try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except Exception:  # not safetensors (a .ckpt pickle): it has no such header
+        with open(path, "rb") as f:
+            if not starts_like_safetensors(f.read(9)):  # a .ckpt pickle or zip: it has no such header
+                return {}
+        return dict(read_safetensors_header(path).metadata)
+    except (OSError, CheckpointError):  # missing or damaged: the weights reader reports it
         return {}
 
 

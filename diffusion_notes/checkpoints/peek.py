@@ -3,27 +3,37 @@
 The size rule (sides are multiples of the VAE's factor) and the memory estimate need the VAE's
 downsampling factor and its first channel count. A diffusers folder states them in
 ``vae/config.json`` (``block_out_channels``); a safetensors single file in its JSON header (the
-shapes of ``first_stage_model.encoder.*``). A pickle (``.ckpt``) cannot be read without loading it,
-so there the answer is None and the checks run right after loading, still before any generation.
+shapes of ``first_stage_model.*``, read as ``meta`` tensors by the same code that reads a loaded
+file's architecture, :func:`~diffusion_notes.checkpoints.detect.vae_config_from_state_dict`). A
+pickle (``.ckpt``) cannot be read without loading it, so there the answer is None and the checks
+run right after loading, still before any generation.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["VaeGeometry", "peek_vae"]
+from ..models.config import AutoencoderConfig
+from .detect import vae_config_from_state_dict
+from .diffusers_layout import vae_config_from_diffusers
+from .key_layout import VAE_PREFIX
+from .safetensors_header import read_safetensors_header
 
-_MAX_HEADER = 100_000_000
+__all__ = ["VaeGeometry", "peek_vae"]
 
 
 @dataclass(frozen=True)
 class VaeGeometry:
     factor: int  # pixels per latent pixel (8 for every SD release)
     channels: int  # channels of the first (full-resolution) VAE level (128 for every SD release)
+
+    @classmethod
+    def of(cls, config: AutoencoderConfig) -> VaeGeometry:
+        """One downsampling by 2 between consecutive levels (CompVis ``Encoder``: ``ch_mult``; diffusers:
+        ``block_out_channels``)."""
+        return cls(2 ** (len(config.ch_mult) - 1), config.ch)
 
 
 def peek_vae(source) -> VaeGeometry | None:
@@ -32,32 +42,10 @@ def peek_vae(source) -> VaeGeometry | None:
     try:
         path = Path(source)
         if path.is_dir():
-            return _from_folder(path)
+            return VaeGeometry.of(vae_config_from_diffusers(json.loads((path / "vae" / "config.json").read_text())))
         if path.is_file():
-            return _from_safetensors_header(path)
-    except (OSError, ValueError, KeyError, TypeError, IndexError, struct.error, AttributeError):
-        return None
+            vae = read_safetensors_header(path).meta_tensors(VAE_PREFIX)
+            return VaeGeometry.of(vae_config_from_state_dict(vae)) if vae else None
+    except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
+        return None  # CheckpointError and SettingsError are ValueErrors
     return None
-
-
-def _from_folder(root: Path) -> VaeGeometry | None:
-    config = json.loads((root / "vae" / "config.json").read_text())
-    channels = list(config["block_out_channels"])
-    return VaeGeometry(2 ** (len(channels) - 1), int(channels[0]))
-
-
-def _from_safetensors_header(path: Path) -> VaeGeometry | None:
-    with open(path, "rb") as f:
-        head = f.read(8)
-        if len(head) < 8:
-            return None
-        (length,) = struct.unpack("<Q", head)
-        if length > _MAX_HEADER:
-            return None
-        header = json.loads(f.read(length))
-    prefix = "first_stage_model.encoder."
-    levels = {int(m.group(1)) for k in header if (m := re.match(re.escape(prefix) + r"down\.(\d+)\.", k))}
-    conv_in = header.get(prefix + "conv_in.weight")
-    if not levels or not conv_in:
-        return None
-    return VaeGeometry(2 ** (max(levels)), int(conv_in["shape"][0]))

@@ -1,7 +1,7 @@
 """Original single-file checkpoints, read and written: CompVis / sgm names in one file.
 
 ``model.diffusion_model.*`` (UNet), ``first_stage_model.*`` (VAE) and the text encoder(s) under the
-family's prefixes (:data:`diffusion_notes.checkpoints.detect.TEXT_PREFIXES`). The architecture is read
+family's prefixes (:data:`diffusion_notes.checkpoints.TEXT_PREFIXES`). The architecture is read
 from tensor shapes (:mod:`~diffusion_notes.checkpoints.detect`); an optional original YAML adds what
 shapes cannot tell. Counterparts: diffusers ``from_single_file``; CompVis ``load_model_from_config``.
 """
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError
-from ..models.config import SCALE_FACTORS, TEXT_SPECS
+from ..models.config import SCALE_FACTORS, TEXT_SPECS, StableDiffusionConfig
 from ..models.text import PromptEncoder, clip_transformer
 from ..models.unet import UNetModel
 from ..models.vae import AutoencoderKL
@@ -24,9 +24,9 @@ from ..precision import default_dtype
 from ..schedules import NoiseSchedule
 from . import detect
 from .consistency import check_sibling_sizes
-from .building import build, build_clip, clip_state_dict, place, prediction_name, token_ids
-from .diffusers_folder import refuse_existing
-from .io import load_state_dict, pick_ema, save_state_dict
+from .building import LoadedParts, build, build_clip, clip_state_dict, place, prediction_name, token_ids
+from .io import load_state_dict, refuse_existing, save_state_dict
+from .key_layout import EMA_PREFIX, TEXT_PREFIXES, UNET_PREFIX, VAE_PREFIX, is_openclip, pick_ema, strip_prefix
 from .metadata import ModelMetadata, from_header, read_header, to_header
 from .openclip import openclip_to_transformers, transformers_to_openclip
 from .tokenizers import single_file_tokenizers
@@ -39,13 +39,11 @@ __all__ = ["load_single_file", "save_single_file", "model_header"]
 # --------------------------------------------------------------------------------------------
 
 
-def load_single_file(cls, path, config=None, tokenizer=None, prediction_type: str | None = None,
+def load_single_file(path, config=None, tokenizer=None, prediction_type: str | None = None,
                      torch_dtype: torch.dtype | None = None, device=None, use_ema: bool = False,
-                     prepack: bool | None = None):
-    """``cls`` (a :class:`~diffusion_notes.stable_diffusion.StableDiffusion`) from an original checkpoint;
-    see :meth:`StableDiffusion.from_single_file`."""
-    from ..stable_diffusion import StableDiffusionConfig
-
+                     prepack: bool | None = None) -> LoadedParts:
+    """The parts of a ``StableDiffusion``, on ``device`` in ``torch_dtype``, from an original checkpoint;
+    see :meth:`StableDiffusion.from_single_file <diffusion_notes.stable_diffusion.StableDiffusion.from_single_file>`."""
     dtype = torch_dtype or default_dtype(device)
     if prediction_type is not None:
         prediction_name(prediction_type)  # a bad name fails before the weights are read
@@ -69,8 +67,8 @@ def load_single_file(cls, path, config=None, tokenizer=None, prediction_type: st
     )
     tokenizers = single_file_tokenizers(arch.family, tokenizer)
     try:
-        unet = build(UNetModel, unet_config, detect.strip_prefix(state_dict, detect.UNET_PREFIX), "UNet",
-                     detect.UNET_PREFIX, str(config) if config is not None else None)
+        unet = build(UNetModel, unet_config, strip_prefix(state_dict, UNET_PREFIX), "UNet",
+                     UNET_PREFIX, str(config) if config is not None else None)
     except (AssertionError, ZeroDivisionError, ValueError) as exc:  # heads that do not divide the widths
         if isinstance(exc, CheckpointError):
             raise
@@ -78,18 +76,18 @@ def load_single_file(cls, path, config=None, tokenizer=None, prediction_type: st
                               f"weights' widths ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                               "this YAML describes another model.") from None
     # Training checkpoints keep the autoencoder's LPIPS/discriminator loss under first_stage_model.loss.
-    vae_sd = {k: v for k, v in detect.strip_prefix(state_dict, detect.VAE_PREFIX).items() if not k.startswith("loss.")}
-    vae = build(AutoencoderKL, arch.vae, vae_sd, "VAE", detect.VAE_PREFIX)
+    vae_sd = {k: v for k, v in strip_prefix(state_dict, VAE_PREFIX).items() if not k.startswith("loss.")}
+    vae = build(AutoencoderKL, arch.vae, vae_sd, "VAE", VAE_PREFIX)
     text_heads = meta.text_heads or _folder_text_heads(tokenizer, len(tokenizers))
     encoders = _text_encoders(state_dict, arch.family, tokenizers, text_heads)
     schedule = NoiseSchedule.from_name("scaled_linear", yaml.timesteps, linear_start=yaml.linear_start,
                                        linear_end=yaml.linear_end)
-    model = cls(sd_config, unet, vae, PromptEncoder(tokenizers, encoders, TEXT_SPECS[arch.family]), schedule)
-    return place(model, device, dtype, prepack)
+    parts = LoadedParts(sd_config, unet, vae, PromptEncoder(tokenizers, encoders, TEXT_SPECS[arch.family]), schedule)
+    return place(parts, device, dtype, prepack)
 
 
 def _is_unused_ema(name: str) -> bool:
-    return name.startswith("model_ema.")
+    return name.startswith(EMA_PREFIX)
 
 
 def _folder_text_heads(tokenizer, count: int) -> tuple[int, ...] | None:
@@ -108,17 +106,17 @@ def _text_encoders(state_dict: dict, family: str, tokenizers: list,
     release's. Each tokenizer is set to read as many positions as its encoder has."""
     from transformers import CLIPTextConfig
 
-    prefixes = detect.TEXT_PREFIXES[family]
+    prefixes = TEXT_PREFIXES[family]
     if heads is not None and len(heads) != len(prefixes):
         raise CheckpointError(f"the metadata gives {len(heads)} text-encoder head counts for a {family} "
                               f"checkpoint with {len(prefixes)} text encoder(s); fix the file's metadata.")
     encoders = []
     for index, (prefix, spec) in enumerate(zip(prefixes, TEXT_SPECS[family])):
-        if prefix.endswith(".model."):  # open_clip layout (SD 2.x ViT-H, SDXL bigG)
+        if is_openclip(prefix):  # open_clip layout (SD 2.x ViT-H, SDXL bigG)
             weights = openclip_to_transformers(state_dict, prefix=prefix)
             act = "gelu"
         else:
-            weights = detect.strip_prefix(state_dict, prefix)
+            weights = strip_prefix(state_dict, prefix)
             act = "quick_gelu"
         if not weights:
             raise CheckpointError(f"checkpoint has no text encoder under {prefix!r}; a full {family} checkpoint has one.")
@@ -126,7 +124,7 @@ def _text_encoders(state_dict: dict, family: str, tokenizers: list,
         kwargs |= token_ids(tokenizers[index])
         if family == "sd2":
             weights, kwargs = _drop_last_layer(weights, kwargs)
-        names = _openclip_file_name(prefix) if prefix.endswith(".model.") else (lambda name: prefix + name)
+        names = _openclip_file_name(prefix) if is_openclip(prefix) else (lambda name: prefix + name)
         encoders.append(build_clip(CLIPTextConfig(**kwargs), weights, spec.pooled, "text encoder", prefix,
                                    file_name=names))
         tokenizers[index].model_max_length = kwargs["max_position_embeddings"]  # 77 for every release
@@ -166,8 +164,8 @@ def save_single_file(sd, path, overwrite: bool = False, metadata: dict[str, str]
     """Write ``sd`` as one ``.safetensors`` in the original layout; see :meth:`StableDiffusion.save_single_file`."""
     path = Path(path)
     refuse_existing(path, overwrite)
-    state_dict = {detect.UNET_PREFIX + k: v for k, v in sd.unet.state_dict().items()}
-    state_dict.update({detect.VAE_PREFIX + k: v for k, v in sd.vae.state_dict().items()})
+    state_dict = {UNET_PREFIX + k: v for k, v in sd.unet.state_dict().items()}
+    state_dict.update({VAE_PREFIX + k: v for k, v in sd.vae.state_dict().items()})
     state_dict.update(_original_text_state_dict(sd))
     save_state_dict(state_dict, path, overwrite=overwrite, metadata={**(metadata or {}), **model_header(sd)})
 
@@ -183,9 +181,9 @@ def model_header(sd) -> dict[str, str]:
 
 def _original_text_state_dict(sd) -> dict:
     out = {}
-    for encoder, prefix in zip(sd.text_encoders, detect.TEXT_PREFIXES[sd.family]):
+    for encoder, prefix in zip(sd.text_encoders, TEXT_PREFIXES[sd.family]):
         weights = clip_state_dict(encoder)
-        if prefix.endswith(".model."):
+        if is_openclip(prefix):
             if sd.family == "sd2":
                 weights.update(_unused_last_layer(encoder))
             out.update(transformers_to_openclip(weights, prefix=prefix))

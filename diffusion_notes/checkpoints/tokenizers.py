@@ -9,8 +9,8 @@ import os
 from pathlib import Path
 
 from ..errors import CheckpointError
-from . import detect
 from .hub import offline
+from .key_layout import TEXT_PREFIXES, is_openclip
 
 __all__ = ["TOKENIZER_REPOS", "load_tokenizer", "hub_tokenizer", "pad_tokens", "single_file_tokenizers"]
 
@@ -59,7 +59,7 @@ def hub_tokenizer(repo: str, subfolder: str, pad_token: str | None):
 def pad_tokens(family: str) -> list[str | None]:
     """open_clip's tokenizer pads with id 0 (``"!"``), OpenAI CLIP's with end-of-text; SD 2.x and SDXL's
     second encoder read the padded positions, so the padding token changes their context."""
-    return [None if prefix.endswith(".transformer.") else "!" for prefix in detect.TEXT_PREFIXES[family]]
+    return ["!" if is_openclip(prefix) else None for prefix in TEXT_PREFIXES[family]]
 
 
 def single_file_tokenizers(family: str, tokenizer) -> list:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 
 from ..errors import SettingsError
 
-__all__ = ["UNetConfig", "AutoencoderConfig", "TextEncoderSpec", "FAMILIES", "TEXT_SPECS", "SCALE_FACTORS",
-           "unet_preset", "vae_preset"]
+__all__ = ["UNetConfig", "AutoencoderConfig", "TextEncoderSpec", "StableDiffusionConfig", "FAMILIES", "TEXT_SPECS",
+           "SCALE_FACTORS", "unet_preset", "vae_preset"]
 
 #: The model families this package knows, named as in ``StableDiffusion.family``.
 FAMILIES = ("sd1", "sd2", "sdxl")
@@ -115,6 +115,25 @@ class TextEncoderSpec:
     layer: str = "last"
     final_layer_norm: bool = True
     pooled: bool = False
+
+
+@dataclass(frozen=True)
+class StableDiffusionConfig:
+    """Everything needed to rebuild the networks of one Stable Diffusion model and interpret their output.
+
+    ``family`` is "sd1", "sd2" or "sdxl"; ``prediction_type`` "eps" or "v" (CompVis ``parameterization``,
+    diffusers' scheduler ``prediction_type`` "epsilon" / "v_prediction"); ``scale_factor`` is CompVis's
+    ``scale_factor`` (diffusers' VAE ``scaling_factor``). The checkpoint readers build it; the model
+    (``diffusion_notes.stable_diffusion.StableDiffusion.config``) holds it.
+    """
+
+    family: str
+    unet: UNetConfig
+    vae: AutoencoderConfig
+    prediction_type: str = "eps"
+    scale_factor: float = 0.18215
+    #: (height, width) in pixels the model was trained at; None = the family's release (pipeline.default_size).
+    native_size: tuple[int, int] | None = None
 
 
 # The three released families, as written in their CompVis YAML files.

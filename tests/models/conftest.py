@@ -1,11 +1,10 @@
-"""Fixtures of the model tests: tiny diffusers folders, built once per session and per family."""
+"""Fixture of the model tests: one torch thread for tiny networks (shared with ``tests/checkpoints`` and
+``tests/pipeline``, which also run tiny models)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-
-from .builders import make_tiny_diffusers_folder
 
 
 @pytest.fixture(autouse=True)
@@ -16,17 +15,3 @@ def one_cpu_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """``tiny(family) -> (folder, diffusers_pipeline)``; each family is built on first use."""
-    root = tmp_path_factory.mktemp("tiny-models")
-    cache = {}
-
-    def get(family: str):
-        if family not in cache:
-            cache[family] = (root / family, make_tiny_diffusers_folder(root / family, family))
-        return cache[family]
-
-    return get

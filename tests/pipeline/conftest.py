@@ -1,12 +1,13 @@
-"""Fixtures of the pipeline tests: the model tests' tiny diffusers folders (one build per session and
-family) and their one-thread setting, loaded once more as our ``StableDiffusion``."""
+"""Fixtures of the pipeline tests: the checkpoint tests' tiny diffusers folders (one build per session and
+family) and the model tests' one-thread setting, loaded once more as our ``StableDiffusion``."""
 
 from __future__ import annotations
 
 import pytest
 
 from diffusion_notes.stable_diffusion import StableDiffusion
-from models.conftest import one_cpu_thread, tiny  # noqa: F401  (fixtures, shared with the model tests)
+from checkpoints.conftest import tiny  # noqa: F401  (fixture, shared with the checkpoint tests)
+from models.conftest import one_cpu_thread  # noqa: F401  (fixture, shared with the model tests)
 
 
 @pytest.fixture(scope="session")

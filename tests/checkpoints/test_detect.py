@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from diffusion_notes.checkpoints import detect
+from diffusion_notes.checkpoints.key_layout import UNET_PREFIX
 from diffusion_notes.checkpoints import diffusers_layout as layout
 from diffusion_notes.models import AutoencoderKL, UNetModel, unet_preset, vae_preset
 
@@ -53,7 +54,7 @@ def test_detection_from_shapes_recovers_the_release(family, overrides):
     unet = _meta_state_dict(UNetModel, config)
     assert detect.unet_config_from_state_dict(unet, family, pooled_dim=1280 if family == "sdxl" else None) == config
     text_key = {"sd1": "cond_stage_model.transformer.text_model.x", "sd2": "cond_stage_model.model.x"}
-    full = {detect.UNET_PREFIX + k: v for k, v in unet.items()}
+    full = {UNET_PREFIX + k: v for k, v in unet.items()}
     if family == "sdxl":
         full.update({"conditioner.embedders.0.transformer.x": 0, "conditioner.embedders.1.model.x": 0})
     else:
@@ -63,7 +64,7 @@ def test_detection_from_shapes_recovers_the_release(family, overrides):
 
 def test_context_width_names_the_family_when_text_keys_are_absent():
     unet = _meta_state_dict(UNetModel, unet_preset("sd2"))
-    assert detect.detect_family({detect.UNET_PREFIX + k: v for k, v in unet.items()}) == "sd2"
+    assert detect.detect_family({UNET_PREFIX + k: v for k, v in unet.items()}) == "sd2"
 
 
 def test_released_vae_agrees_with_diffusers():
@@ -82,7 +83,7 @@ def test_released_vae_agrees_with_diffusers():
 
 
 def test_yaml_sets_heads_and_parameterization(tmp_path):
-    from .builders import write_original_yaml
+    from models.builders import write_original_yaml
 
     original = detect.read_original_yaml(write_original_yaml(tmp_path / "v.yaml", "sd2", "v"))
     assert original.prediction_type == "v" and original.scale_factor == 0.18215

@@ -7,7 +7,7 @@ import torch
 
 from diffusion_notes.stable_diffusion import StableDiffusion
 
-from .builders import FAMILIES
+from models.builders import FAMILIES
 from .oracles import diffusers_prompt, diffusers_unet, max_diff, our_unet, unet_inputs
 
 TOL = 1e-5

@@ -10,7 +10,7 @@ import torch
 
 from diffusion_notes.stable_diffusion import StableDiffusion
 
-from .builders import write_original_yaml
+from models.builders import write_original_yaml
 from .oracles import PROMPTS, diffusers_prompt, diffusers_unet, max_diff, our_unet, unet_inputs
 
 TOL = 1e-5
@@ -121,14 +121,14 @@ def test_use_ema_takes_the_model_ema_weights(tiny, tmp_path):
 
 
 def test_loading_assigns_the_memory_mapped_tensors_without_copying(tiny, tmp_path):
-    from diffusion_notes.checkpoints import detect
+    from diffusion_notes.checkpoints import key_layout
     from diffusion_notes.checkpoints.io import load_state_dict
     from diffusion_notes.models import UNetModel
     from diffusion_notes.checkpoints.building import build as _build
 
     _, _, model, path, reloaded = _roundtrip(tiny, tmp_path, "sd1")
-    stored = detect.strip_prefix(load_state_dict(path), detect.UNET_PREFIX)
-    unet = _build(UNetModel, model.config.unet, stored, "UNet", detect.UNET_PREFIX)
+    stored = key_layout.strip_prefix(load_state_dict(path), key_layout.UNET_PREFIX)
+    unet = _build(UNetModel, model.config.unet, stored, "UNet", key_layout.UNET_PREFIX)
     assert all(p.data_ptr() == stored[name].data_ptr() for name, p in unet.named_parameters())
     assert not any(t.is_meta for t in [*reloaded.parameters(), *reloaded.buffers()])
 

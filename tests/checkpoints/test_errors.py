@@ -83,7 +83,7 @@ def test_hub_id_offline_names_the_local_alternatives(monkeypatch, tmp_path):
 
 
 def test_a_yaml_for_another_model_is_refused(tiny, sd1_file, tmp_path):
-    from .builders import write_original_yaml
+    from models.builders import write_original_yaml
 
     yaml = write_original_yaml(tmp_path / "xl.yaml", "sdxl")
     with pytest.raises(CheckpointError, match="context_dim") as excinfo:
