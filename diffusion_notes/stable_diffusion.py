@@ -204,3 +204,27 @@ class StableDiffusion(nn.Module):
         from .checkpoints.single_file import save_single_file
 
         save_single_file(self, path, overwrite=overwrite, metadata=metadata)
+
+    # -- adapters (diffusion_notes/adapters/) --------------------------------------------------
+    def load_lora(self, path_or_state_dict, scale: float = 1.0):
+        r"""Merge a LoRA file (kohya, PEFT / diffusers, old diffusers; ``.safetensors`` or a weights-only
+        pickle) or state dict into the UNet and text encoders: :math:`W \leftarrow W + m\frac{\alpha}{r}BA`
+        with ``scale`` as :math:`m` (:func:`diffusion_notes.adapters.lora.load_lora`). LoRAs stack; a bad
+        file raises :class:`~diffusion_notes.errors.CheckpointError` and changes nothing. Returns the
+        :class:`~diffusion_notes.adapters.lora.AppliedLora` record also appended to :attr:`applied_loras`."""
+        from .adapters.lora import load_lora
+
+        return load_lora(self, path_or_state_dict, scale=scale)
+
+    def unload_loras(self) -> None:
+        """Restore, exactly, every weight changed by :meth:`load_lora` and empty :attr:`applied_loras`."""
+        from .adapters.lora import unload_loras
+
+        unload_loras(self)
+
+    @property
+    def applied_loras(self):
+        """The merged LoRAs in order (name, scale, sha256, ``short_hash``); see ``adapters.lora.lora_hashes``."""
+        from .adapters.lora import applied_loras
+
+        return applied_loras(self)

@@ -1,0 +1,104 @@
+"""LoRA merged by this package vs diffusers + PEFT (``load_lora_weights`` + ``fuse_lora(lora_scale=s)``).
+
+The same tiny random SD pipeline is loaded twice, once by diffusers and once as our ``StableDiffusion``;
+the same LoRA file goes into each; the UNet's and the text encoder's outputs must agree to 1e-5
+relative in float32 (and must have moved: a LoRA that changed nothing would pass trivially).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from diffusion_notes.stable_diffusion import StableDiffusion
+
+from .lora_files import TEXT_LAYERS, UNET_LAYERS, kohya_lora, peft_layers
+
+pytest.importorskip("peft")  # diffusers' LoRA loading needs it (a dev extra)
+
+PROMPTS = ["a house on a hill", "sky"]
+
+
+def relative(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+def load_both(tiny, family: str):
+    from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
+
+    folder = tiny(family)[0]
+    cls = StableDiffusionXLPipeline if family == "sdxl" else StableDiffusionPipeline
+    pipe = cls.from_pretrained(folder, torch_dtype=torch.float32)
+    return pipe, StableDiffusion.from_pretrained(folder, torch_dtype=torch.float32)
+
+
+def outputs_of_ours(sd):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    context = torch.randn(2, 77, sd.config.unet.context_dim, generator=g)
+    t = torch.tensor([10, 600])
+    y = None
+    if sd.family == "sdxl":
+        y = torch.randn(2, sd.config.unet.adm_in_channels, generator=g)
+    with torch.no_grad():
+        return sd.unet(x, t, context, y=y), sd.encode_prompt(PROMPTS)[0]
+
+
+def outputs_of_diffusers(pipe):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 4, 8, 8, generator=g)
+    context = torch.randn(2, 77, pipe.unet.config.cross_attention_dim, generator=g)
+    t = torch.tensor([10, 600])
+    kwargs = {}
+    if hasattr(pipe, "text_encoder_2"):
+        y = torch.randn(2, pipe.unet.config.projection_class_embeddings_input_dim, generator=g)
+        text_embeds, time_ids = y[:, :-48], y[:, -48:]  # not used as-is: see test_sdxl_kohya_lora
+        kwargs = {"added_cond_kwargs": {"text_embeds": text_embeds, "time_ids": time_ids}}
+    with torch.no_grad():
+        unet = pipe.unet(x, t, encoder_hidden_states=context, **kwargs).sample
+        if hasattr(pipe, "text_encoder_2"):
+            text = pipe.encode_prompt(PROMPTS, device="cpu", num_images_per_prompt=1, do_classifier_free_guidance=False)[0]
+        else:
+            text = pipe.encode_prompt(PROMPTS, "cpu", 1, False)[0]
+    return unet, text
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.7])
+def test_kohya_lora_equals_diffusers_fuse_lora(tiny, tmp_path, scale):
+    pipe, sd = load_both(tiny, "sd1")
+    base_unet, base_text = outputs_of_ours(sd)
+    path = tmp_path / "kohya_style.safetensors"
+    save_file(kohya_lora(pipe), path)
+
+    pipe.load_lora_weights(str(path))
+    pipe.fuse_lora(lora_scale=scale)
+    sd.load_lora(path, scale=scale)
+
+    (unet, text), (their_unet, their_text) = outputs_of_ours(sd), outputs_of_diffusers(pipe)
+    assert relative(unet, their_unet) < 1e-5
+    assert relative(text, their_text) < 1e-5
+    assert relative(unet, base_unet) > 1e-2 and relative(text, base_text) > 1e-2  # the LoRA did change both
+    print(f"kohya scale {scale}: unet {relative(unet, their_unet):.2e}, text {relative(text, their_text):.2e}")
+
+
+def test_peft_lora_written_by_diffusers_equals_diffusers_fuse_lora(tiny, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    pipe, sd = load_both(tiny, "sd1")
+    base_unet, base_text = outputs_of_ours(sd)
+    g = torch.Generator().manual_seed(1)
+    StableDiffusionPipeline.save_lora_weights(
+        tmp_path, unet_lora_layers=peft_layers(pipe.unet, UNET_LAYERS, 4, g),
+        text_encoder_lora_layers=peft_layers(pipe.text_encoder, TEXT_LAYERS, 4, g))
+    path = tmp_path / "pytorch_lora_weights.safetensors"
+
+    pipe.load_lora_weights(tmp_path)
+    pipe.fuse_lora(lora_scale=0.8)
+    sd.load_lora(path, scale=0.8)
+
+    (unet, text), (their_unet, their_text) = outputs_of_ours(sd), outputs_of_diffusers(pipe)
+    assert relative(unet, their_unet) < 1e-5
+    assert relative(text, their_text) < 1e-5
+    assert relative(unet, base_unet) > 1e-2 and relative(text, base_text) > 1e-2
+    print(f"peft: unet {relative(unet, their_unet):.2e}, text {relative(text, their_text):.2e}")
