@@ -55,3 +55,29 @@ def peft_layers(network, pattern, rank: int, generator) -> dict:
         down, up = random_factors(shape, rank, generator)
         state[f"{name}.lora_A.weight"], state[f"{name}.lora_B.weight"] = down, up
     return state
+
+
+#: The same layers in CompVis / sgm names (kohya's SDXL files): ResBlock convs are in_layers.2 / out_layers.3.
+SGM_UNET_LAYERS = re.compile(r".*(attn[12]\.to_(q|k|v|out\.0)|ff\.net\.(0\.proj|2)|proj_(in|out)|in_layers\.2|out_layers\.3)$")
+
+
+def kohya_sdxl_lora(sd, pipe, rank: int = 4, seed: int = 0, alpha: float = 3.0) -> dict:
+    """A kohya SDXL LoRA: sgm UNet names (read off our CompVis-named UNet), ``lora_te1_`` / ``lora_te2_``."""
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    groups = [("lora_unet_", sd.unet, SGM_UNET_LAYERS), ("lora_te1_text_model_", pipe.text_encoder, TEXT_LAYERS),
+              ("lora_te2_text_model_", pipe.text_encoder_2, TEXT_LAYERS)]
+    for prefix, network, pattern in groups:
+        for name, shape in adapted_layers_any(network, pattern):
+            layer = prefix + name.removeprefix("text_model.").replace(".", "_")
+            down, up = random_factors(shape, rank, g)
+            state[f"{layer}.lora_down.weight"], state[f"{layer}.lora_up.weight"] = down, up
+            state[f"{layer}.alpha"] = torch.tensor(alpha)
+    return state
+
+
+def adapted_layers_any(network, pattern):
+    """Like :func:`adapted_layers`, for any module with a 2-D or 4-D weight (our prepacked convolutions too)."""
+    return [(name, module.weight.shape) for name, module in network.named_modules()
+            if pattern.match(name) and isinstance(getattr(module, "weight", None), torch.Tensor)
+            and module.weight.dim() in (2, 4)]

@@ -39,8 +39,8 @@ def outputs_of_ours(sd):
     context = torch.randn(2, 77, sd.config.unet.context_dim, generator=g)
     t = torch.tensor([10, 600])
     y = None
-    if sd.family == "sdxl":
-        y = torch.randn(2, sd.config.unet.adm_in_channels, generator=g)
+    if sd.family == "sdxl":  # SDXL's label: the pooled text vector and the size conditioning
+        y = sd.sdxl_label(torch.randn(2, 32, generator=g), original_size=(64, 64))
     with torch.no_grad():
         return sd.unet(x, t, context, y=y), sd.encode_prompt(PROMPTS)[0]
 
@@ -52,9 +52,8 @@ def outputs_of_diffusers(pipe):
     t = torch.tensor([10, 600])
     kwargs = {}
     if hasattr(pipe, "text_encoder_2"):
-        y = torch.randn(2, pipe.unet.config.projection_class_embeddings_input_dim, generator=g)
-        text_embeds, time_ids = y[:, :-48], y[:, -48:]  # not used as-is: see test_sdxl_kohya_lora
-        kwargs = {"added_cond_kwargs": {"text_embeds": text_embeds, "time_ids": time_ids}}
+        pooled, time_ids = torch.randn(2, 32, generator=g), torch.tensor([[64.0, 64, 0, 0, 64, 64]] * 2)
+        kwargs = {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": time_ids}}
     with torch.no_grad():
         unet = pipe.unet(x, t, encoder_hidden_states=context, **kwargs).sample
         if hasattr(pipe, "text_encoder_2"):
@@ -102,3 +101,25 @@ def test_peft_lora_written_by_diffusers_equals_diffusers_fuse_lora(tiny, tmp_pat
     assert relative(text, their_text) < 1e-5
     assert relative(unet, base_unet) > 1e-2 and relative(text, base_text) > 1e-2
     print(f"peft: unet {relative(unet, their_unet):.2e}, text {relative(text, their_text):.2e}")
+
+
+def test_sdxl_kohya_lora_with_both_text_encoders_equals_diffusers_fuse_lora(tiny, tmp_path):
+    """kohya's SDXL files use sgm UNet names (input_blocks_4_1_...) and lora_te1_ / lora_te2_."""
+    from .lora_files import kohya_sdxl_lora
+
+    pipe, sd = load_both(tiny, "sdxl")
+    base_unet, base_text = outputs_of_ours(sd)
+    path = tmp_path / "sdxl_kohya.safetensors"
+    save_file(kohya_sdxl_lora(sd, pipe), path)
+
+    pipe.load_lora_weights(str(path))
+    pipe.fuse_lora(lora_scale=0.9)
+    sd.load_lora(path, scale=0.9)
+
+    (unet, text), (their_unet, their_text) = outputs_of_ours(sd), outputs_of_diffusers(pipe)
+    assert relative(unet, their_unet) < 1e-5
+    assert relative(text, their_text) < 1e-5
+    assert relative(unet, base_unet) > 1e-2 and relative(text, base_text) > 1e-2
+    for half in (slice(0, 64), slice(64, 192)):  # CLIP-L's and bigG's parts of the context both moved
+        assert relative(text[..., half], base_text[..., half]) > 1e-2
+    print(f"sdxl kohya: unet {relative(unet, their_unet):.2e}, text {relative(text, their_text):.2e}")
