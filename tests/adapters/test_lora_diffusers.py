@@ -123,3 +123,34 @@ def test_sdxl_kohya_lora_with_both_text_encoders_equals_diffusers_fuse_lora(tiny
     for half in (slice(0, 64), slice(64, 192)):  # CLIP-L's and bigG's parts of the context both moved
         assert relative(text[..., half], base_text[..., half]) > 1e-2
     print(f"sdxl kohya: unet {relative(unet, their_unet):.2e}, text {relative(text, their_text):.2e}")
+
+
+def old_diffusers_names(peft_state: dict) -> dict:
+    """The PEFT-named UNet factors of attention layers renamed to diffusers' pre-PEFT attention-processor keys:
+    ``<attn>.processor.to_q_lora.down.weight`` (``to_out_lora`` for ``to_out.0``), others ``<layer>.lora.down.weight``."""
+    old = {}
+    for key, tensor in peft_state.items():
+        layer, role = key.rsplit(".lora_", 1)
+        role = "down" if role.startswith("A") else "up"
+        head, _, last = layer.removesuffix(".0").rpartition(".")
+        if last in ("to_q", "to_k", "to_v", "to_out"):
+            old[f"unet.{head}.processor.{last}_lora.{role}.weight"] = tensor
+        else:
+            old[f"unet.{layer}.lora.{role}.weight"] = tensor
+    return old
+
+
+def test_old_diffusers_attention_processor_lora_equals_diffusers_fuse_lora(tiny):
+    pipe, sd = load_both(tiny, "sd1")
+    base_unet, _ = outputs_of_ours(sd)
+    state = old_diffusers_names(peft_layers(pipe.unet, UNET_LAYERS, 4, torch.Generator().manual_seed(3)))
+    assert any("processor.to_out_lora" in k for k in state) and any(".lora.down." in k for k in state)
+
+    pipe.load_lora_weights(dict(state))
+    pipe.fuse_lora(lora_scale=1.0)
+    sd.load_lora(state)
+
+    unet, their_unet = outputs_of_ours(sd)[0], outputs_of_diffusers(pipe)[0]
+    assert relative(unet, their_unet) < 1e-5
+    assert relative(unet, base_unet) > 1e-2
+    print(f"old diffusers: unet {relative(unet, their_unet):.2e}")
