@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import dataclass
 
 from .errors import SettingsError
 
 __all__ = ["PromptTruncatedWarning", "dropped_text", "warn_if_truncated", "parse_prompt_attention", "BREAK",
-           "EMPHASIS", "DE_EMPHASIS"]
+           "EMPHASIS", "DE_EMPHASIS", "COMMA_BACKTRACK", "PromptChunk", "a1111_chunks", "empty_chunk"]
 
 
 class PromptTruncatedWarning(UserWarning):
@@ -121,3 +122,80 @@ def parse_prompt_attention(text: str) -> list[list]:
         else:
             joined.append(piece)
     return joined
+
+
+# --------------------------------------------------------------------------------------------
+# AUTOMATIC1111's long prompts: 75-token chunks
+# --------------------------------------------------------------------------------------------
+
+#: A1111's ``comma_padding_backtrack`` default: a chunk that fills up within this many tokens after a
+#: comma moves the words after that comma into the next chunk, so a phrase is not cut in two.
+COMMA_BACKTRACK = 20
+
+
+@dataclass(frozen=True)
+class PromptChunk:
+    """One window of CLIP: ``ids`` = ``<start>``, up to 75 prompt tokens, ``<end>``, padding (77 in all),
+    and the emphasis ``weights`` of those positions (1.0 for ``<start>``, ``<end>`` and padding)."""
+
+    ids: tuple[int, ...]
+    weights: tuple[float, ...]
+
+
+def _window(tokenizer) -> int:
+    return tokenizer.model_max_length - 2  # 75 for every release
+
+
+def _close_chunk(tokenizer, ids: list[int], weights: list[float]) -> PromptChunk:
+    """``<start> ids <end>`` then the tokenizer's padding (``<end>`` for CLIP, ``!`` for OpenCLIP's SD 2.x / bigG),
+    as ``tokenizer(padding="max_length")`` pads and as A1111's ``process_tokens`` rewrites SD 2.x padding."""
+    room = _window(tokenizer) - len(ids)
+    return PromptChunk(
+        ids=(tokenizer.bos_token_id, *ids, tokenizer.eos_token_id) + (tokenizer.pad_token_id,) * room,
+        weights=(1.0, *weights, 1.0) + (1.0,) * room)
+
+
+def empty_chunk(tokenizer) -> PromptChunk:
+    """The chunk of an empty prompt (A1111's ``empty_chunk``): what shorter prompts of a batch are padded with."""
+    return _close_chunk(tokenizer, [], [])
+
+
+def a1111_chunks(tokenizer, prompt: str, comma_backtrack: int = COMMA_BACKTRACK) -> list[PromptChunk]:
+    """A prompt in A1111's syntax -> its 75-token chunks (``sd_hijack_clip.tokenize_line``).
+
+    Each piece of :func:`parse_prompt_attention` is tokenized without special tokens and its weight
+    given to each of its tokens. A chunk closes when it holds 75 tokens or at ``BREAK``; when it fills up
+    less than ``comma_backtrack`` tokens after a comma, the tokens after the comma start the next chunk.
+    """
+    window = _window(tokenizer)
+    comma = tokenizer.get_vocab().get(",</w>")
+    pieces = parse_prompt_attention(prompt)
+    chunks: list[PromptChunk] = []
+    ids: list[int] = []
+    weights: list[float] = []
+    last_comma = -1
+
+    def close(moved_ids=(), moved_weights=()):
+        nonlocal ids, weights, last_comma
+        chunks.append(_close_chunk(tokenizer, ids, weights))
+        ids, weights, last_comma = list(moved_ids), list(moved_weights), -1
+
+    for text, weight in pieces:
+        if text == "BREAK" and weight == BREAK:
+            close()
+            continue
+        for token in tokenizer(text, add_special_tokens=False).input_ids:
+            if token == comma:
+                last_comma = len(ids)
+            elif comma_backtrack and len(ids) == window and last_comma != -1 and window - last_comma <= comma_backtrack:
+                cut = last_comma + 1
+                moved = ids[cut:], weights[cut:]
+                ids, weights = ids[:cut], weights[:cut]
+                close(*moved)
+            if len(ids) == window:
+                close()
+            ids.append(token)
+            weights.append(weight)
+    if ids or not chunks:
+        close()
+    return chunks

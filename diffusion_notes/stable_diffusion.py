@@ -89,10 +89,14 @@ class StableDiffusion(nn.Module):
     dtype = property(lambda self: self.unet.time_embed[0].weight.dtype)
 
     # -- conditioning ------------------------------------------------------------------------
-    def encode_prompt(self, prompts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_prompt(self, prompts: str | list[str], *, prompt_syntax: str = "plain", clip_skip: int = 1,
+                      min_chunks: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(context, pooled)``: ``context`` is ``(B, 77, 768)`` (SD 1.x), ``(B, 77, 1024)`` (SD 2.x) or
-        ``(B, 77, 2048)`` (SDXL); ``pooled`` is SDXL's ``(B, 1280)`` bigG projection, else None."""
-        context, pooled = self.prompt_encoder(prompts)
+        ``(B, 77, 2048)`` (SDXL); ``pooled`` is SDXL's ``(B, 1280)`` bigG projection, else None.
+        ``prompt_syntax="a1111"`` (``(word:1.2)``, 75-token chunks: ``(B, 77 k, D)``), ``clip_skip`` and
+        ``min_chunks``: :meth:`diffusion_notes.models.text.PromptEncoder.encode`."""
+        context, pooled = self.prompt_encoder(prompts, prompt_syntax=prompt_syntax, clip_skip=clip_skip,
+                                              min_chunks=min_chunks)
         return context.to(self.dtype), (pooled.to(self.dtype) if pooled is not None else None)
 
     def sdxl_label(self, pooled: torch.Tensor, original_size: tuple[int, int], crop_top_left: tuple[int, int] = (0, 0),
