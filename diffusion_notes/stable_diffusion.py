@@ -232,3 +232,11 @@ class StableDiffusion(nn.Module):
         from .adapters.lora import applied_loras
 
         return applied_loras(self)
+
+    def load_textual_inversion(self, path_or_dict, token: str | None = None) -> list[str]:
+        """Add a textual-inversion embedding (A1111 ``.pt`` / ``.safetensors``, diffusers ``learned_embeds``,
+        SDXL ``clip_l``/``clip_g``) as a new word, by default the file's stem; returns the tokens added
+        (:func:`diffusion_notes.adapters.textual_inversion.load_textual_inversion`)."""
+        from .adapters.textual_inversion import load_textual_inversion
+
+        return load_textual_inversion(self, path_or_dict, token=token)

@@ -25,6 +25,8 @@ Two options change what is read (both default to the released behaviour):
 
 from __future__ import annotations
 
+import re
+
 import torch
 from torch import nn
 
@@ -93,6 +95,8 @@ class PromptEncoder(nn.Module):
         self.tokenizers = list(tokenizers)
         self.text_encoders = nn.ModuleList(text_encoders)
         self.specs = tuple(specs)
+        #: ``{word: "word word_1 ..."}``: multi-vector textual-inversion words (``adapters.textual_inversion``)
+        self.word_expansions: dict[str, str] = {}
 
     def tokenize(self, prompts: list[str], index: int = 0) -> torch.Tensor:
         tokenizer = self.tokenizers[index]
@@ -108,6 +112,12 @@ class PromptEncoder(nn.Module):
             hidden = clip_transformer(encoder).final_layer_norm(hidden)
         return hidden, (out.text_embeds if spec.pooled else None)
 
+    def expand_words(self, prompt: str) -> str:
+        """``prompt`` with each multi-vector embedding word spelled as all its tokens (diffusers' ``maybe_convert_prompt``)."""
+        for word, tokens in self.word_expansions.items():
+            prompt = re.sub(re.escape(word) + r"(?!_\d)", lambda _: tokens, prompt)
+        return prompt
+
     def a1111_chunks(self, prompts: list[str], index: int = 0, min_chunks: int = 1):
         """Per prompt, its A1111 chunks for tokenizer ``index``, all padded with empty chunks to the same count."""
         tokenizer = self.tokenizers[index]
@@ -118,7 +128,7 @@ class PromptEncoder(nn.Module):
     def count_chunks(self, prompts: str | list[str]) -> int:
         """How many 75-token chunks the longest of ``prompts`` needs in A1111's syntax: encode the prompts and
         the negative prompts with ``min_chunks`` = the larger count, and their contexts have the same length."""
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompts = [self.expand_words(p) for p in ([prompts] if isinstance(prompts, str) else prompts)]
         return max(len(chunks[0]) for chunks in (self.a1111_chunks(prompts, i) for i in range(len(self.tokenizers))))
 
     @torch.no_grad()
@@ -136,7 +146,7 @@ class PromptEncoder(nn.Module):
         numbering, 1 = the family's usual layer; ``min_chunks`` (``"a1111"`` only): pad every prompt
         to at least this many chunks (see :meth:`count_chunks`), so the context is ``(B, 77 k, D)``."""
         _check_options(prompt_syntax, clip_skip, min_chunks)
-        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        prompts = [self.expand_words(p) for p in ([prompts] if isinstance(prompts, str) else prompts)]
         contexts, pooled = [], None
         for index, (encoder, spec) in enumerate(zip(self.text_encoders, self.specs)):
             device = next(encoder.parameters()).device
