@@ -42,7 +42,8 @@ from torch import nn
 from ..checkpoints.io import load_state_dict
 from ..errors import CheckpointError
 from ..models.prepacked import PrepackedConv2d
-from .lora_keys import LoraLayer, lora_layers
+from .lora_keys import LOHA_ROLES, LOKR_ROLES, LoraLayer, lora_layers
+from .lycoris import loha_delta, lokr_delta
 
 __all__ = ["AppliedLora", "lora_delta", "read_lora", "plan_lora", "load_lora", "unload_loras", "applied_loras",
            "lora_hashes"]
@@ -106,11 +107,13 @@ def _check_factors(layer: LoraLayer, weight_shape: torch.Size) -> None:
     """One clear CheckpointError if ``layer``'s factors cannot update a weight of ``weight_shape``."""
     down, up = layer.down, layer.up
     where = f"LoRA layer {layer.key!r} (on {layer.target})"
-    for role, tensor in (("down", down), ("up", up)):
+    for role, tensor in layer.factors.items():
         if not tensor.is_floating_point() or not torch.isfinite(tensor).all():
             raise CheckpointError(f"{where}: the {role} factor holds NaN, inf or non-float values.")
     if layer.alpha is not None and not math.isfinite(layer.alpha):
         raise CheckpointError(f"{where}: alpha is {layer.alpha}.")
+    if layer.kind != "lora":
+        return
     if down.dim() not in (2, 4) or up.dim() != down.dim() or up.shape[1] != down.shape[0] \
             or (up.dim() == 4 and tuple(up.shape[2:]) != (1, 1)):
         raise CheckpointError(f"{where}: factors of shapes down {tuple(down.shape)}, up {tuple(up.shape)} do not "
@@ -135,8 +138,27 @@ def plan_lora(sd, state_dict: dict[str, torch.Tensor], scale: float = 1.0) -> li
     for layer in lora_layers(state_dict, sd):
         weight_shape = sd.get_submodule(layer.target).weight.shape
         _check_factors(layer, weight_shape)
-        plan.append((layer.target, lora_delta(layer.down, layer.up, layer.alpha, scale).reshape(weight_shape)))
+        plan.append((layer.target, _delta(layer, scale, weight_shape)))
     return plan
+
+
+def _delta(layer: LoraLayer, scale: float, weight_shape: torch.Size) -> torch.Tensor:
+    """The layer's ΔW shaped like its weight: LoRA here, LoHa / LoKr from :mod:`.lycoris` (shapes checked)."""
+    if layer.kind == "lora":
+        return lora_delta(layer.down, layer.up, layer.alpha, scale).reshape(weight_shape)
+    f = layer.factors
+    try:
+        if layer.kind == "loha":
+            delta = loha_delta(*(f[role] for role in LOHA_ROLES), layer.alpha, scale)
+        else:
+            delta = lokr_delta(*(f.get(role) for role in LOKR_ROLES), layer.alpha, scale)
+    except RuntimeError as error:  # factors whose shapes do not multiply
+        raise CheckpointError(f"LoRA layer {layer.key!r} ({layer.kind}): factors of shapes "
+                              f"{ {k: tuple(v.shape) for k, v in f.items()} } do not combine.") from error
+    if delta.shape[0] != weight_shape[0] or delta.numel() != math.prod(weight_shape):
+        raise CheckpointError(f"LoRA layer {layer.key!r} ({layer.kind}): the factors give a {tuple(delta.shape)} "
+                              f"update but the layer's weight is {tuple(weight_shape)}.")
+    return delta.reshape(weight_shape)
 
 
 def _set_weight(module: nn.Module, weight: torch.Tensor) -> None:

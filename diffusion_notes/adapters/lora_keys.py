@@ -52,9 +52,13 @@ _OTHER_FAMILY_HINTS = (("lora_te1_", "SDXL"), ("lora_te2_", "SDXL"), ("text_enco
 _NOT_PLAIN_LORA = {
     "dora_scale": "DoRA (weight-decomposed LoRA), which rescales whole weight columns; not supported",
     "lora_mid.weight": "LoCon with a Tucker-decomposed middle factor (lora_mid); not supported",
-    "hada_w1_a": "LyCORIS LoHa (Hadamard product); not supported", "lokr_w1": "LyCORIS LoKr (Kronecker product); not supported",
+    "hada_t": "LyCORIS LoHa with Tucker factors (hada_t1/hada_t2); not supported",
+    "lokr_t2": "LyCORIS LoKr with a Tucker factor (lokr_t2); not supported",
     ".diff": "a full weight difference (LyCORIS 'full'); not supported", "oft_blocks": "OFT; not supported",
 }
+#: kohya-prefixed LyCORIS factors (adapters.lycoris): LoHa's four, LoKr's whole or factored sides.
+LOHA_ROLES = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
+LOKR_ROLES = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
 
 
 @dataclass(frozen=True)
@@ -62,15 +66,23 @@ class LoraLayer:
     """The two factors of one adapted layer, as a file names them, and the layer of ours they update.
 
     ``down`` is :math:`A` (``lora_down`` / ``lora_A``), ``(rank, in[, kh, kw])``; ``up`` is :math:`B`
-    (``lora_up`` / ``lora_B``), ``(out, rank[, 1, 1])``; ``alpha`` None means a scale of 1.
+    (``lora_up`` / ``lora_B``), ``(out, rank[, 1, 1])``; ``alpha`` None means a scale of 1. LyCORIS
+    layers hold their own factors instead (``kind`` "loha" / "lokr", :mod:`diffusion_notes.adapters.lycoris`).
     ``target`` is the module's path from the ``StableDiffusion`` object (``unet.input_blocks.1.1...``,
     ``prompt_encoder.text_encoders.0.encoder.layers.0.self_attn.q_proj``)."""
 
     key: str
     target: str
-    down: torch.Tensor
-    up: torch.Tensor
+    factors: dict  # role -> tensor: "down"/"up" (LoRA), LOHA_ROLES (LoHa) or LOKR_ROLES (LoKr)
     alpha: float | None
+
+    @property
+    def kind(self) -> str:
+        """``"lora"``, ``"loha"`` or ``"lokr"``."""
+        return "loha" if "hada_w1_a" in self.factors else "lokr" if any(r in self.factors for r in LOKR_ROLES) else "lora"
+
+    down = property(lambda self: self.factors.get("down"))
+    up = property(lambda self: self.factors.get("up"))
 
 
 def detect_lora_format(keys) -> str:
@@ -138,7 +150,8 @@ def _layer_of(key: str, lora_format: str) -> tuple[str, str]:
     """``(layer name, role)`` with role ``"down"``, ``"up"`` or ``"alpha"``; CheckpointError for other tensors."""
     if lora_format == "kohya":
         layer, _, rest = key.partition(".")
-        roles = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}
+        roles = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha",
+                 **{role: role for role in LOHA_ROLES + LOKR_ROLES}}
         if rest in roles:
             return layer, roles[rest]
     elif lora_format == "peft":
@@ -168,6 +181,18 @@ def _wrong_family_hint(layer: str, family: str) -> str:
     return " (a LoRA for another model family or architecture?)"
 
 
+def _missing_factor(found: dict) -> str | None:
+    """The name of a factor the layer's kind needs and the file lacks, else None."""
+    if any(role in found for role in LOHA_ROLES):
+        return next((role for role in LOHA_ROLES if role not in found), None)
+    if any(role in found for role in LOKR_ROLES):
+        for side in ("lokr_w1", "lokr_w2"):
+            if side not in found and not (f"{side}_a" in found and f"{side}_b" in found):
+                return f"{side} (or {side}_a and {side}_b)"
+        return None
+    return next((role for role in ("down", "up") if role not in found), None)
+
+
 def lora_layers(state_dict: dict[str, torch.Tensor], sd) -> list[LoraLayer]:
     """The file's tensors grouped per layer and matched to a module of ``sd``; every key must match.
 
@@ -184,12 +209,11 @@ def lora_layers(state_dict: dict[str, torch.Tensor], sd) -> list[LoraLayer]:
         if layer not in names:
             raise CheckpointError(f"LoRA layer {layer!r} matches no layer of this {sd.family} model"
                                   f"{_wrong_family_hint(layer, sd.family)}.")
-        missing = [role for role in ("down", "up") if role not in found]
+        missing = _missing_factor(found)
         if missing:
-            raise CheckpointError(f"LoRA layer {layer!r} has no {missing[0]} factor ({lora_format} format).")
-        alpha = found.get("alpha")
+            raise CheckpointError(f"LoRA layer {layer!r} has no {missing} factor ({lora_format} format).")
+        alpha = found.pop("alpha", None)
         if alpha is not None and alpha.numel() != 1:
             raise CheckpointError(f"LoRA layer {layer!r}: alpha has shape {tuple(alpha.shape)}, expected one number.")
-        layers.append(LoraLayer(layer, names[layer], found["down"], found["up"],
-                                None if alpha is None else float(alpha.reshape(()))))
+        layers.append(LoraLayer(layer, names[layer], found, None if alpha is None else float(alpha.reshape(()))))
     return layers

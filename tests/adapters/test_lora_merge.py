@@ -109,7 +109,7 @@ def bad_cases(pipe):
         "NaN": ({f"{q}.lora_up.weight": torch.full((32, 4), float("nan"))}, "NaN"),
         "inf alpha": ({f"{q}.alpha": torch.tensor(float("inf"))}, "alpha is inf"),
         "DoRA": ({f"{q}.dora_scale": torch.ones(1, 32)}, "DoRA"),
-        "LoHa": ({f"{q}.hada_w1_a": torch.ones(32, 4)}, "LoHa"),
+        "LoHa with Tucker factors": ({f"{q}.hada_t1": torch.ones(4, 4, 3, 3)}, "Tucker"),
         "missing up": ({"lora_unet_mid_block_attentions_0_proj_out.lora_up.weight": None}, "has no up factor"),
     }
     for name, (extra, message) in cases.items():
