@@ -66,3 +66,27 @@ def test_bad_embeddings_are_refused_with_nothing_changed(tiny, tmp_path):
     assert len(sd.tokenizer) == vocabulary + 1
     row = sd.tokenizer.convert_tokens_to_ids("newword")
     assert torch.equal(sd.text_encoders[0].get_input_embeddings().weight[row], vector[0])
+
+
+def test_sdxl_embedding_with_both_tables_equals_diffusers(tiny, tmp_path):
+    from diffusers import StableDiffusionXLPipeline
+
+    folder = tiny("sdxl")[0]
+    pipe = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float32)
+    sd = StableDiffusion.from_pretrained(folder, torch_dtype=torch.float32)
+    g = torch.Generator().manual_seed(6)
+    tables = {"clip_l": torch.randn(2, 64, generator=g), "clip_g": torch.randn(2, 128, generator=g)}
+    path = tmp_path / "sdxlstyle.safetensors"
+    save_file(tables, path)
+    pipe.load_textual_inversion(tables["clip_l"], token="sdxlstyle", text_encoder=pipe.text_encoder,
+                                tokenizer=pipe.tokenizer)
+    pipe.load_textual_inversion(tables["clip_g"], token="sdxlstyle", text_encoder=pipe.text_encoder_2,
+                                tokenizer=pipe.tokenizer_2)
+    assert sd.load_textual_inversion(path) == ["sdxlstyle", "sdxlstyle_1"]
+    prompts = ["a house in sdxlstyle"]
+    ours, ours_pooled = sd.encode_prompt(prompts)
+    with torch.no_grad():
+        theirs, _, theirs_pooled, _ = pipe.encode_prompt(prompts, device="cpu", num_images_per_prompt=1,
+                                                         do_classifier_free_guidance=False)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours_pooled, theirs_pooled, rtol=1e-5, atol=1e-6)
