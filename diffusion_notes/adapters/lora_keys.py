@@ -44,7 +44,7 @@ KOHYA_TEXT_PREFIXES = {"sd1": ("lora_te_",), "sd2": ("lora_te_",), "sdxl": ("lor
 #: The same for the PEFT / diffusers spelling.
 DIFFUSERS_TEXT_PREFIXES = {"sd1": ("text_encoder.",), "sd2": ("text_encoder.",),
                            "sdxl": ("text_encoder.", "text_encoder_2.")}
-#: Families whose kohya UNet names are the sgm (CompVis) ones; the others use diffusers' names.
+#: Text-encoder prefixes that betray a LoRA made for another family (for the error message).
 _OTHER_FAMILY_HINTS = (("lora_te1_", "SDXL"), ("lora_te2_", "SDXL"), ("text_encoder_2.", "SDXL"),
                        ("lora_te_", "SD 1.x/2.x"))
 
