@@ -75,10 +75,14 @@ class StableDiffusion(nn.Module):
     dtype = property(lambda self: next(self.unet.parameters()).dtype)
 
     # -- conditioning ------------------------------------------------------------------------
-    def encode_prompt(self, prompts: str | list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def encode_prompt(self, prompts: str | list[str], *, prompt_syntax: str = "plain", clip_skip: int = 1,
+                      min_chunks: int = 1) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(context, pooled)``: ``context`` is ``(B, 77, 768)`` (SD 1.x), ``(B, 77, 1024)`` (SD 2.x) or
-        ``(B, 77, 2048)`` (SDXL); ``pooled`` is SDXL's ``(B, 1280)`` bigG projection, else None."""
-        context, pooled = self.prompt_encoder(prompts)
+        ``(B, 77, 2048)`` (SDXL); ``pooled`` is SDXL's ``(B, 1280)`` bigG projection, else None.
+        ``prompt_syntax="a1111"`` (``(word:1.2)``, 75-token chunks: ``(B, 77 k, D)``), ``clip_skip`` and
+        ``min_chunks``: :meth:`diffusion_notes.models.text.PromptEncoder.encode`."""
+        context, pooled = self.prompt_encoder(prompts, prompt_syntax=prompt_syntax, clip_skip=clip_skip,
+                                              min_chunks=min_chunks)
         return context.to(self.dtype), (pooled.to(self.dtype) if pooled is not None else None)
 
     def sdxl_label(self, pooled: torch.Tensor, original_size: tuple[int, int], crop_top_left: tuple[int, int] = (0, 0),
@@ -192,3 +196,35 @@ class StableDiffusion(nn.Module):
         from .checkpoints.single_file import save_single_file
 
         save_single_file(self, path, overwrite=overwrite, metadata=metadata)
+
+    # -- adapters (diffusion_notes/adapters/) --------------------------------------------------
+    def load_lora(self, path_or_state_dict, scale: float = 1.0):
+        r"""Merge a LoRA file (kohya, PEFT / diffusers, old diffusers; ``.safetensors`` or a weights-only
+        pickle) or state dict into the UNet and text encoders: :math:`W \leftarrow W + m\frac{\alpha}{r}BA`
+        with ``scale`` as :math:`m` (:func:`diffusion_notes.adapters.lora.load_lora`). LoRAs stack; a bad
+        file raises :class:`~diffusion_notes.errors.CheckpointError` and changes nothing. Returns the
+        :class:`~diffusion_notes.adapters.lora.AppliedLora` record also appended to :attr:`applied_loras`."""
+        from .adapters.lora import load_lora
+
+        return load_lora(self, path_or_state_dict, scale=scale)
+
+    def unload_loras(self) -> None:
+        """Restore, exactly, every weight changed by :meth:`load_lora` and empty :attr:`applied_loras`."""
+        from .adapters.lora import unload_loras
+
+        unload_loras(self)
+
+    @property
+    def applied_loras(self):
+        """The merged LoRAs in order (name, scale, sha256, ``short_hash``); see ``adapters.lora.lora_hashes``."""
+        from .adapters.lora import applied_loras
+
+        return applied_loras(self)
+
+    def load_textual_inversion(self, path_or_dict, token: str | None = None) -> list[str]:
+        """Add a textual-inversion embedding (A1111 ``.pt`` / ``.safetensors``, diffusers ``learned_embeds``,
+        SDXL ``clip_l``/``clip_g``) as a new word, by default the file's stem; returns the tokens added
+        (:func:`diffusion_notes.adapters.textual_inversion.load_textual_inversion`)."""
+        from .adapters.textual_inversion import load_textual_inversion
+
+        return load_textual_inversion(self, path_or_dict, token=token)
