@@ -3,4 +3,5 @@ and their one-thread setting."""
 
 from __future__ import annotations
 
-from models.conftest import one_cpu_thread, tiny  # noqa: F401  (fixtures, shared with the model tests)
+from checkpoints.conftest import tiny  # noqa: F401  (fixture, shared with the checkpoint tests)
+from models.conftest import one_cpu_thread  # noqa: F401  (fixture, shared with the model tests)
