@@ -18,6 +18,9 @@ a :class:`~diffusion_notes.errors.SettingsError` is printed naming the flag (``g
 status 2, before anything is written (settings, the output folder and image sizes are checked before
 the model loads). Any other exception is a bug and keeps its traceback. Ctrl-C stops with exit status
 130 and one line saying how many pictures were saved; no partial file is left.
+
+Why it is over 400 lines: the flags (with their ``--help`` texts) and the checks of the command
+line's own inputs (files, folders, devices), which only a command line has.
 """
 
 from __future__ import annotations

@@ -15,10 +15,11 @@ import warnings
 import numpy as np
 import torch
 
+from .checks import check_choice, check_real
 from .errors import SettingsError
 from .samplers import SamplingGrid
 
-__all__ = ["strength_timesteps", "strength_grids", "noised", "blend_known_region", "NoDenoisingWarning",
+__all__ = ["check_strength", "strength_timesteps", "strength_grids", "noised", "blend_known_region", "NoDenoisingWarning",
            "STRENGTH_RULES"]
 
 STRENGTH_RULES = ("compvis", "diffusers")
@@ -26,6 +27,13 @@ STRENGTH_RULES = ("compvis", "diffusers")
 
 class NoDenoisingWarning(UserWarning):
     """The strength leaves no denoising step: the image comes back only encoded and decoded."""
+
+
+def check_strength(strength, rule) -> None:
+    """SettingsError unless ``strength`` is a number in [0, 1] and ``rule`` one of :data:`STRENGTH_RULES`
+    (what :class:`~diffusion_notes.settings.Strength` checks when it is made)."""
+    check_real("strength", strength, 0.0, 1.0, hint=" (0 keeps the image, 1 starts from pure noise)")
+    check_choice("strength_rule", rule, STRENGTH_RULES)
 
 
 def strength_timesteps(timesteps: np.ndarray, steps: int, strength: float, rule: str = "compvis"):
@@ -43,9 +51,7 @@ def strength_timesteps(timesteps: np.ndarray, steps: int, strength: float, rule:
       min(int(steps * strength), steps)``, ``t_start = steps - init_timestep``; it runs the last
       ``init_timestep`` timesteps and noises to the first of them.
     """
-    from .settings import Strength  # the one check of strength and rule (settings imports this module)
-
-    Strength(strength, rule)
+    check_strength(strength, rule)
     if rule == "compvis":
         t_enc = int(strength * steps)
         if t_enc == 0:  # no step to take: keep the image un-noised, as "strength 0" promises

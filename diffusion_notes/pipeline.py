@@ -32,6 +32,9 @@ the PNG text in :mod:`diffusion_notes.infotext`.
 Precision: the latents stay float32 between steps and the schedule float64; each UNet call casts its
 input to the model's dtype (fp16 on CUDA, bf16 on CPUs with native bf16, else fp32 by default; see
 :func:`diffusion_notes.precision.default_dtype`) and its output back.
+
+Why it is over 400 lines: the one generation path and its three doors belong together, and a
+third of it is the doors' docstrings, which ``help()`` shows as the reference of every keyword.
 """
 
 from __future__ import annotations

@@ -26,19 +26,19 @@ The sampler's own settings (name, steps, spacing, eta, ...) are
 :class:`diffusion_notes.sampling.SamplerSettings`. The PNG ``parameters`` text is derived from these
 objects by :func:`diffusion_notes.infotext.infotext_fields`; the memory estimate and the memory
 options' mechanics are in :mod:`diffusion_notes.memory`.
+The checks themselves (numbers, whole numbers, choices, flags) are :mod:`diffusion_notes.checks`.
 """
 
 from __future__ import annotations
 
-import math
-import numbers
 import random
 from dataclasses import dataclass, replace
 
-import numpy as np
-
+from .checks import check_choice as _check_choice
+from .checks import check_flag as _check_flag
+from .checks import check_integer, check_real
 from .errors import SettingsError
-from .init_image import STRENGTH_RULES, strength_grids
+from .init_image import STRENGTH_RULES, check_strength, strength_grids
 from .memory import check_fits_in_memory
 from .sampling import SamplerSettings
 
@@ -62,40 +62,6 @@ IMAGE_SAMPLER = "ddim"
 # --------------------------------------------------------------------------------------------
 # checks shared by every settings object
 # --------------------------------------------------------------------------------------------
-
-
-def check_real(option: str, value, low: float | None = None, high: float | None = None, hint: str = "") -> float:
-    """``value`` as a float; SettingsError unless it is a finite real number within [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise SettingsError(option, f"{option} must be a number, got {value!r}{hint}")
-    value = float(value)
-    if not math.isfinite(value):
-        raise SettingsError(option, f"{option} must be a finite number, got {value}{hint}")
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else (f"<= {high}" if low is None else f"between {low} and {high}")
-        raise SettingsError(option, f"{option} must be {bounds}, got {value}{hint}")
-    return value
-
-
-def check_integer(option: str, value, low: int | None = None, high: int | None = None, hint: str = "") -> int:
-    """``value`` as an int; SettingsError unless it is an integer (not a bool or a float) within [low, high]."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise SettingsError(option, f"{option} must be a whole number, got {value!r}{hint}")
-    value = int(value)
-    if (low is not None and value < low) or (high is not None and value > high):
-        bounds = f">= {low}" if high is None else (f"<= {high}" if low is None else f"from {low} to {high}")
-        raise SettingsError(option, f"{option} must be {bounds}, got {value}{hint}")
-    return value
-
-
-def _check_choice(option: str, value, choices) -> None:
-    if not isinstance(value, str) or value not in choices:
-        raise SettingsError(option, f"{option} must be one of {', '.join(map(repr, choices))}, not {value!r}")
-
-
-def _check_flag(option: str, value) -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise SettingsError(option, f"{option} must be True or False, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,8 +223,7 @@ class Strength:
     rule: str = "compvis"
 
     def __post_init__(self):
-        check_real("strength", self.strength, 0.0, 1.0, hint=" (0 keeps the image, 1 starts from pure noise)")
-        _check_choice("strength_rule", self.rule, STRENGTH_RULES)
+        check_strength(self.strength, self.rule)
 
 
 @dataclass(frozen=True)
