@@ -54,7 +54,7 @@ def _cat_conditioning(uc, c):
 def guided_eps_model(
     model: Callable[..., torch.Tensor], c, uc, unconditional_guidance_scale: float, guidance_rescale: float = 0.0
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """Wrap ``model(x, t, c)`` into ``eps_model(x, t)`` applying classifier-free guidance in ONE batched call.
+    r"""Wrap ``model(x, t, c)`` into ``eps_model(x, t)`` applying classifier-free guidance in ONE batched call.
 
     As in CompVis: ``x_in = cat([x] * 2)``, ``t_in = cat([t] * 2)``, ``c_in = cat([uc, c])``, then
     ``e_t_uncond, e_t = model(x_in, t_in, c_in).chunk(2)``. ``c``/``uc`` are tensors, or dicts of tensors

@@ -77,7 +77,7 @@ def strength_grids(request, grid: SamplingGrid, warn: bool = True) -> tuple[Samp
     if n == 0 and warn:
         warnings.warn(f"strength {strength.strength} with the {strength.rule} rule and {steps} steps "
                       "leaves no denoising step: the image is returned only encoded and decoded; raise the strength "
-                      "or the steps to change it", NoDenoisingWarning, stacklevel=4)
+                      "or the steps to change it", NoDenoisingWarning, stacklevel=5)
     if t_noise is None:
         return grid.last(n), None
     return grid.last(n), grid.last(n if strength.rule == "diffusers" else n + 1)
