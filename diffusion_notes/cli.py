@@ -69,7 +69,7 @@ FLAGS = {
     "sigma_schedule": "--schedule", "precision": "--precision",
     "seed": "--seed", "height": "--H", "width": "--W", "strength": "--strength", "strength_rule": "--strength-rule",
     "image": "--init-img", "mask": "--mask", "non_finite": "--allow-non-finite", "noise_device": "--device",
-    "model": "--ckpt/--model",
+    "model": "--ckpt/--model", "prompt_syntax": "--prompt-syntax", "clip_skip": "--clip-skip",
 }
 
 
@@ -103,6 +103,11 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     p.add_argument("--prompt", default=DEFAULT_PROMPT, help="the prompt to render")
     p.add_argument("--negative-prompt", default="", help="what to steer away from (replaces '' in the guidance)")
     p.add_argument("--from-file", help="a text file with one prompt per line (instead of --prompt)")
+    p.add_argument("--prompt-syntax", choices=["plain", "a1111"], default="plain",
+                   help="plain (CompVis: brackets are characters, 75 tokens, default) or a1111 (AUTOMATIC1111's "
+                        "(word:1.2) emphasis and long prompts in 75-token chunks)")
+    p.add_argument("--clip-skip", type=int, default=1,
+                   help="AUTOMATIC1111's clip skip: 1 = the text encoder's last layer (default), 2 = the penultimate")
 
     model = p.add_argument_group("model (one of --ckpt / --model; neither: the shipped 32x32 digits miniature)")
     model.add_argument("--ckpt", help="an original single-file checkpoint (.safetensors or .ckpt)")
@@ -187,6 +192,7 @@ def _request(args, command: str, sampler: str, prompt: str, seed: int | None, si
     """The :class:`~diffusion_notes.settings.Request` the flags stand for, for one prompt and seed (checked
     as it is made). ``size``: the --init-img's, for img2img and inpaint (None until it is read)."""
     keywords = dict(negative_prompt=args.negative_prompt, num_images=args.n_samples, guidance_scale=args.scale,
+                    prompt_syntax=args.prompt_syntax, clip_skip=args.clip_skip,
                     sampler=sampler, steps=args.ddim_steps, sigma_schedule=args.schedule, eta=args.ddim_eta,
                     seed=seed, progress=True, non_finite="warn" if args.allow_non_finite else "error",
                     memory=MemoryOptions(vae_slicing=args.slice_vae, vae_tiling=args.tile_vae,

@@ -21,13 +21,16 @@ def infotext_fields(request, seed: int | None) -> dict:
 
     ``seed`` is the seed actually used (None when the caller's own generator was used: no seed could
     honestly be written). Steps, the sampler's label (with its σ schedule, "DPM++ 2M Karras"), the
-    ``eta`` given, CFG scale, size and the denoising strength where the request has one.
+    ``eta`` given, CFG scale, size, the denoising strength where the request has one, and ``Clip skip``
+    when above 1 (as AUTOMATIC1111 writes it).
     """
     eta = request.sampler.options.get("eta")
     strength = request.strength
+    clip_skip = request.conditioning.clip_skip
     return dict(steps=request.sampler.steps, sampler=request.sampler.label,
                 cfg_scale=request.conditioning.guidance_scale, seed=seed, size=request.size.label,
-                eta=eta if eta else None, denoising_strength=strength.strength if strength is not None else None)
+                eta=eta if eta else None, denoising_strength=strength.strength if strength is not None else None,
+                clip_skip=clip_skip if clip_skip > 1 else None)
 
 
 def format_parameters(prompt: str, negative_prompt: str = "", **fields) -> str:

@@ -176,28 +176,36 @@ class Generation:
 # --------------------------------------------------------------------------------------------
 
 
-def _encode(sd, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _encode(sd, prompts: list[str], **options) -> tuple[torch.Tensor, torch.Tensor | None]:
     """CLIP features on the UNet's device, in its dtype (the encoders may sit elsewhere: offloading)."""
-    context, pooled = sd.encode_prompt(prompts)
+    context, pooled = sd.encode_prompt(prompts, **options)
     return context.to(sd.device), (pooled.to(sd.device) if pooled is not None else None)
 
 
 def conditioning(sd, prompts: list[str], negative_prompts: list[str], height: int, width: int,
-                 original_size=None, crops_coords_top_left=(0, 0), target_size=None):
+                 original_size=None, crops_coords_top_left=(0, 0), target_size=None, prompt_syntax: str = "plain",
+                 clip_skip: int = 1):
     """``(c, uc)``: dicts of UNet keyword arguments for the prompts and the negative prompts.
 
     ``context`` (B, 77, 768) for SD 1.x; SDXL adds ``y`` = pooled text + the size/crop embedding of
     ``(original_size, crops_coords_top_left, target_size)`` (default: the image's size, no crop), the
     same for ``c`` and ``uc`` as in diffusers. SDXL's empty negative prompt is all zeros, not the
     features of '' (sgm ``force_uc_zero_embeddings=["txt"]``, diffusers ``force_zeros_for_empty_prompt``).
+    ``prompt_syntax="a1111"``: prompts and negative prompts are encoded in as many 77-token chunks as the
+    longest of them needs, so ``c`` and ``uc`` have one length ``(B, 77 k, D)`` (AUTOMATIC1111's padding of
+    the shorter one); ``clip_skip``: :meth:`diffusion_notes.models.text.PromptEncoder.encode`.
     """
-    warn_if_truncated(sd.tokenizer, prompts)
-    warn_if_truncated(sd.tokenizer, negative_prompts, what="negative prompt")
-    context, pooled = _encode(sd, prompts)
+    options = {"prompt_syntax": prompt_syntax, "clip_skip": clip_skip}
+    if prompt_syntax == "plain":
+        warn_if_truncated(sd.tokenizer, prompts)
+        warn_if_truncated(sd.tokenizer, negative_prompts, what="negative prompt")
+    else:
+        options["min_chunks"] = sd.prompt_encoder.count_chunks(list(prompts) + list(negative_prompts))
+    context, pooled = _encode(sd, prompts, **options)
     if sd.family == "sdxl" and not any(negative_prompts):
         uc_context, uc_pooled = torch.zeros_like(context), torch.zeros_like(pooled)
     else:
-        uc_context, uc_pooled = _encode(sd, negative_prompts)
+        uc_context, uc_pooled = _encode(sd, negative_prompts, **options)
     c, uc = {"context": context}, {"context": uc_context}
     if sd.family == "sdxl":
         sizes = (original_size or (height, width), crops_coords_top_left, target_size or (height, width))
@@ -258,7 +266,8 @@ def generate(sd: DiffusionModel, request: Request, begin: Callable | None = None
         start = (begin or begin_from_noise)(sd, request, grid, generator)
         cond = request.conditioning
         c, uc = conditioning(sd, cond.prompts, cond.negative_prompts, request.size.height, request.size.width,
-                             cond.original_size, tuple(cond.crops_coords_top_left), cond.target_size)
+                             cond.original_size, tuple(cond.crops_coords_top_left), cond.target_size,
+                             cond.prompt_syntax, cond.clip_skip)
         if start.c_concat is not None:
             c, uc = c | {"c_concat": start.c_concat}, uc | {"c_concat": start.c_concat}
         latents, trajectory = _denoise(sd, request, c, uc, start, generator, callback)

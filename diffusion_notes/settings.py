@@ -52,6 +52,9 @@ NON_FINITE_POLICIES = ("error", "warn")
 #: ``torch.Generator.manual_seed`` keeps 64 bits, but a seed is only portable (CUDA's Philox, numpy,
 #: AUTOMATIC1111) within 32 bits; larger seeds are refused rather than silently folded.
 SEED_MAX = 2**32 - 1
+#: How prompts are read: CompVis's plain text (the default: prompts with literal brackets reproduce) or
+#: AUTOMATIC1111's emphasis syntax with long prompts (``diffusion_notes.prompts``).
+PROMPT_SYNTAXES = ("plain", "a1111")
 #: AUTOMATIC1111's "random seed"; the seed actually drawn is reported and written to the PNG.
 RANDOM_SEED = -1
 #: img2img and inpaint sample with DDIM by default, as CompVis's ``scripts/img2img.py`` does (txt2img: PLMS,
@@ -86,7 +89,11 @@ class Conditioning:
     ``prompt``: a string or a list (each gives ``num_images`` images, diffusers' order p0, p0, p1, p1);
     ``negative_prompt``: one for all or one per prompt (replaces the '' of ``uc``); ``guidance_scale``
     :math:`s` in :math:`\epsilon = \epsilon_u + s(\epsilon_c - \epsilon_u)` (1 = no guidance); SDXL's
-    ``original_size``, ``crops_coords_top_left``, ``target_size`` in (height, width) pixels.
+    ``original_size``, ``crops_coords_top_left``, ``target_size`` in (height, width) pixels;
+    ``prompt_syntax``: ``"plain"`` (CompVis: brackets are characters, 77 tokens) or ``"a1111"``
+    (AUTOMATIC1111's ``(word:1.2)`` emphasis and prompts of any length in 75-token chunks,
+    :func:`diffusion_notes.prompts.parse_prompt_attention`); ``clip_skip``: AUTOMATIC1111's numbering
+    (1 = the last layer, 2 = the penultimate; diffusers' ``clip_skip`` is one less).
     """
 
     prompt: str | tuple[str, ...] | list[str]
@@ -96,8 +103,12 @@ class Conditioning:
     original_size: tuple[int, int] | None = None
     crops_coords_top_left: tuple[int, int] = (0, 0)
     target_size: tuple[int, int] | None = None
+    prompt_syntax: str = "plain"
+    clip_skip: int = 1
 
     def __post_init__(self):
+        _check_choice("prompt_syntax", self.prompt_syntax, PROMPT_SYNTAXES)
+        check_integer("clip_skip", self.clip_skip, 1, 64, hint=" (AUTOMATIC1111's numbering: 1 = the last layer)")
         prompts = _prompt_list("prompt", self.prompt)
         if not prompts:
             raise SettingsError("prompt", "no prompt given; pass a string or a non-empty list of strings")
@@ -339,7 +350,7 @@ class Request:
     @classmethod
     def build(cls, prompt, *, negative_prompt="", num_images: int = 1, guidance_scale: float = 7.5,
               original_size=None, crops_coords_top_left=(0, 0), target_size=None,
-              sampler: str = SamplerSettings.sampler, steps: int = SamplerSettings.steps,
+              prompt_syntax: str = "plain", clip_skip: int = 1, sampler: str = SamplerSettings.sampler, steps: int = SamplerSettings.steps,
               sigma_schedule: str = SamplerSettings.sigma_schedule, spacing: str | None = None,
               steps_offset: int | None = None, eta: float | None = None, sampler_options: dict | None = None,
               height: int | None = None, width: int | None = None, size: ImageSize | None = None,
@@ -360,7 +371,7 @@ class Request:
         if size is None:
             size = ImageSize(height, width)
         return cls(Conditioning(prompt, negative_prompt, num_images, guidance_scale, original_size,
-                                crops_coords_top_left, target_size),
+                                crops_coords_top_left, target_size, prompt_syntax, clip_skip),
                    SamplerSettings(sampler, steps, sigma_schedule, spacing, steps_offset, options),
                    size, Seed(seed, noise_device), OutputOptions(output, return_trajectory, progress, non_finite),
                    MemoryOptions() if memory is None else _instance("memory", memory, MemoryOptions),

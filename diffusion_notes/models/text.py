@@ -64,10 +64,13 @@ def emphasis_original(z: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     (``sd_emphasis.EmphasisOriginal``), the mean taken over one prompt's chunk ``(77, D)``.
 
     ``z``: ``(B, 77, D)``; ``weights``: ``(B, 77)``. A1111 takes the mean over its whole batch, which is
-    the same for the single prompt per call it usually encodes."""
+    the same for the single prompt per call it usually encodes. A chunk whose weights are all 1 is returned
+    as it is (the formula's value, without the rounding of dividing two means, which for a chunk whose mean
+    is about 0, as after a LayerNorm without bias, could even be 0 / 0)."""
     original_mean = z.mean(dim=(1, 2), keepdim=True)
     weighted = z * weights[..., None].to(z.dtype)
-    return weighted * (original_mean / weighted.mean(dim=(1, 2), keepdim=True))
+    plain = (weights == 1).all(dim=1)[:, None, None]
+    return torch.where(plain, z, weighted * (original_mean / weighted.mean(dim=(1, 2), keepdim=True)))
 
 
 def _check_options(prompt_syntax: str, clip_skip: int, min_chunks: int) -> None:
