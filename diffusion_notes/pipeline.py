@@ -59,17 +59,15 @@ from .init_image import NoDenoisingWarning, blend_known_region, noised, strength
 from .memory import memory_context
 from .noise import randn
 from .prompts import warn_if_truncated
-from .sampling import SamplerSettings, Trajectory, sample
+from .sampling import Trajectory, sample
 from .samplers import SamplingGrid
 from .settings import (
     IMAGE_SAMPLER,
     IMG2IMG_STRENGTH,
     INPAINT_STRENGTH,
     STRENGTH_RULES,
-    Conditioning,
     ImageSize,
     MemoryOptions,
-    OutputOptions,
     Request,
     Seed,
 )
