@@ -29,7 +29,14 @@ from typing import Callable
 
 import torch
 
-__all__ = ["BEYOND", "Task", "Verdict", "register", "checker", "number_task", "as_number"]
+__all__ = ["BEYOND", "Task", "Verdict", "WrongKindOfAnswer", "register", "checker", "number_task", "as_number", "NUMBER_RTOL"]
+
+#: How close a derived number must be to the checker's value (relative): rounding to 4 significant digits passes.
+NUMBER_RTOL = 1e-3
+
+
+class WrongKindOfAnswer(TypeError):
+    """The answer is not the kind asked for (a string for a number, a tensor of the wrong shape, ...)."""
 
 
 @dataclass
@@ -84,6 +91,9 @@ def _check(task: Task, answer) -> bool:
     except NotImplementedError:
         print(f"{task.name}: not implemented yet (the function still raises NotImplementedError).")
         return False
+    except WrongKindOfAnswer as err:
+        print(f"{task.name}: {err}")
+        return False
     except Exception as err:  # noqa: BLE001 - report any error as feedback, never raise
         whose = "your function" if callable(answer) else "your answer"
         print(f"{task.name}: {whose} raised {type(err).__name__}: {err}")
@@ -106,10 +116,10 @@ def _check(task: Task, answer) -> bool:
 def as_number(answer) -> float:
     """A real number from an int, float, NumPy or one-element tensor answer; TypeError otherwise."""
     if isinstance(answer, torch.Tensor) and answer.numel() == 1:
-        return float(answer)
+        return float(answer.detach())
     if isinstance(answer, numbers.Real) and not isinstance(answer, bool):
         return float(answer)
-    raise TypeError(f"expected a number, got {type(answer).__name__} {answer!r}")
+    raise WrongKindOfAnswer(f"expected a number, got {type(answer).__name__} {answer!r}")
 
 
 def close(a: float, b: float, rel: float) -> bool:
@@ -117,7 +127,7 @@ def close(a: float, b: float, rel: float) -> bool:
 
 
 def number_task(name: str, expected: Callable[[], float], mistakes: list[tuple[Callable[[], float], str]], hint: str,
-                explanation: str, rel: float = 1e-3) -> Task:
+                explanation: str, rel: float = NUMBER_RTOL) -> Task:
     """A number derived on paper: right within ``rel`` of ``expected()`` (computed independently by the checker).
 
     ``mistakes``: (value of a typical wrong derivation, its hint). The right value is never printed."""

@@ -16,7 +16,7 @@ import torch
 
 from ..mixture import GaussianMixture, ode_reference
 from ..schedules import NoiseSchedule
-from .beyond import Task, Verdict, as_number, close, number_task, register
+from .beyond import Task, Verdict, WrongKindOfAnswer, as_number, number_task, register
 
 F64 = torch.float64
 
@@ -143,7 +143,8 @@ register(number_task(
 # Heun's model evaluations with guidance, counted on a real run
 
 
-def _count_heun_evaluations(steps: int = HEUN_STEPS) -> float:
+@lru_cache(maxsize=None)
+def count_heun_evaluations(steps: int = HEUN_STEPS) -> float:
     """Noise predictions per image of the library's Heun with classifier-free guidance (conditional and unconditional
     counted separately), counted by wrapping the model: the rows it is given, divided by the batch size."""
     from ..guidance import guided_eps_model
@@ -166,7 +167,7 @@ def _count_heun_evaluations(steps: int = HEUN_STEPS) -> float:
 
 register(number_task(
     "heun_guided_evaluations",
-    lambda: _cached_count(),
+    count_heun_evaluations,
     mistakes=[
         (lambda: 4 * HEUN_STEPS, "the last step goes to sigma = 0, where the slope (x - D)/sigma is undefined: Heun's last step is a single Euler evaluation."),
         (lambda: 2 * HEUN_STEPS - 1, "that counts Heun's evaluations; classifier-free guidance evaluates each one twice (conditional and unconditional)."),
@@ -178,11 +179,6 @@ register(number_task(
     explanation="2 (2N - 1): N - 1 Heun steps of 2 evaluations, one Euler step to sigma = 0, each evaluation doubled by guidance "
                 "(counted on the library's Heun with a counting model).",
 ))
-
-
-@lru_cache(maxsize=1)
-def _cached_count() -> float:
-    return _count_heun_evaluations()
 
 
 # --------------------------------------------------------------------------------------------
@@ -239,6 +235,8 @@ register(Task("ddim_order", "a number (the order p)", _judge_order, "the error f
 
 
 DIRECTIONS = ("up", "down", "same")
+#: A relative change smaller than this counts as "same".
+SAME_WITHIN = 0.02
 
 
 @lru_cache(maxsize=1)
@@ -260,15 +258,15 @@ def measured_guidance() -> dict[str, tuple[float, float]]:
 
 
 def _direction(low: float, high: float) -> str:
-    return "same" if abs(high - low) <= 0.02 * abs(low) else ("up" if high > low else "down")
+    return "same" if abs(high - low) <= SAME_WITHIN * abs(low) else ("up" if high > low else "down")
 
 
 def _judge_guidance(answer) -> Verdict:
     if not isinstance(answer, dict) or set(answer) != {"confidence", "diversity"}:
-        raise TypeError('expected a dict {"confidence": ..., "diversity": ...} with "up", "down" or "same" for each')
+        raise WrongKindOfAnswer('expected a dict {"confidence": ..., "diversity": ...} with "up", "down" or "same" for each')
     for key, word in answer.items():
         if word not in DIRECTIONS:
-            raise TypeError(f'{key}: expected one of {DIRECTIONS}, got {word!r}')
+            raise WrongKindOfAnswer(f'{key}: expected one of {DIRECTIONS}, got {word!r}')
     measured = measured_guidance()
     lines, wrong = [], []
     for key in ("confidence", "diversity"):

@@ -7,8 +7,9 @@ A loop is judged by what it computes, never by comparison with the library's sam
   denoiser is :math:`D(\bar x;\sigma) = \mu` and the probability-flow ODE's solution is a straight line in
   :math:`\bar x` (:math:`\bar x - \mu \propto \sigma`), which Euler's method, hence DDIM with
   :math:`\eta = 0` (DDIM Eq. 14), and Heun's follow *exactly*, on any grid. A correct loop returns
-  :math:`\mu` to 1e-8; a skipped last step, an :math:`\bar\alpha` read at the wrong index or a model called
-  at the wrong noise level all miss it;
+  :math:`\mu` to 1e-8 (:data:`EXACT_ATOL`). Whatever happened before, a correct *last* step lands on
+  :math:`\mu`, so these cases test the end of the loop: one that is skipped, ends at :math:`\bar\alpha_0` instead of 1,
+  or has a wrong coefficient misses it;
 * **the error against the exact answer** on a Gaussian mixture (:func:`~diffusion_notes.mixture.ode_reference`,
   classical Runge-Kutta on a fine grid): below a bound, and for Heun falling at second order.
 
@@ -29,13 +30,17 @@ import torch
 from ..mixture import GaussianMixture, ode_reference
 from ..samplers import karras_sigmas
 from ..schedules import NoiseSchedule
-from .beyond import Task, Verdict, as_number, register
+from .beyond import Task, Verdict, WrongKindOfAnswer, as_number, register
 from .derive_and_predict import WIDE_MIXTURE
 
 F64 = torch.float64
 
 #: The data of the exactness cases: a single point (a one-component mixture of width 0).
 POINT = GaussianMixture(weights=torch.ones(1, dtype=F64), means=torch.tensor([[0.6, -0.4]], dtype=F64), stds=torch.zeros(1, dtype=F64))
+
+
+#: How close to the one data point a loop that is exact there must land (max abs difference).
+EXACT_ATOL = 1e-8
 
 
 def _x_T(n: int = 64, seed: int = 0) -> torch.Tensor:
@@ -47,14 +52,14 @@ def _rms(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _same(a, b) -> bool:
-    return isinstance(a, torch.Tensor) and a.shape == b.shape and bool(torch.allclose(a.to(F64), b, rtol=1e-7, atol=1e-9))
+    return isinstance(a, torch.Tensor) and a.shape == b.shape and bool(torch.allclose(a.to(F64), b, rtol=1e-7, atol=1e-9, equal_nan=True))
 
 
 def _tensor_output(got, shape) -> torch.Tensor:
     if not isinstance(got, torch.Tensor):
-        raise TypeError(f"expected a tensor of shape {tuple(shape)}, got {type(got).__name__}")
+        raise WrongKindOfAnswer(f"expected your function to return a tensor of shape {tuple(shape)}, got {type(got).__name__}")
     if tuple(got.shape) != tuple(shape):
-        raise TypeError(f"expected a tensor of shape {tuple(shape)}, got shape {tuple(got.shape)}")
+        raise WrongKindOfAnswer(f"expected your function to return a tensor of shape {tuple(shape)}, got shape {tuple(got.shape)}")
     return got.detach().to(F64)
 
 
@@ -141,7 +146,7 @@ def _judge_ddim_loop(student) -> Verdict:
             return Verdict(False, [f"{where}: the result contains NaN or inf."])
         if mixture is POINT:
             error = float((got - POINT.means[0]).abs().max())
-            if error > 1e-8:
+            if error > EXACT_ATOL:
                 i = int((got - POINT.means[0]).abs().amax(1).argmax())
                 hint = _diagnose(got, [(lambda *a, k=k: _ddim_variant(*a, kind=k), m) for k, m in DDIM_MISTAKES], call)
                 return Verdict(False, [f"{where}: DDIM lands exactly on the one data point {POINT.means[0].tolist()} on any grid; "
@@ -213,7 +218,7 @@ def _judge_heun_loop(student) -> Verdict:
     if not torch.isfinite(got).all():
         return Verdict(False, [f"{label}: the result contains NaN or inf."], hint(got, POINT, sigmas))
     error = float((got - POINT.means[0]).abs().max())
-    if error > 1e-8:
+    if error > EXACT_ATOL:
         return Verdict(False, [f"{label}: Heun lands exactly on the one data point {POINT.means[0].tolist()} (the ODE's solution is "
                                f"a straight line); yours misses it by up to {error:.3g}."], hint(got, POINT, sigmas))
     a_start, a_end = 1 / (1 + SIGMA_MAX**2), 1 / (1 + SIGMA_MIN**2)
@@ -294,7 +299,7 @@ def _judge_train_step(student) -> Verdict:
         if call == 0 and not math.isclose(loss, independent, rel_tol=1e-6):
             for kw, message in [(dict(target="x0"), "the regression target is the noise eps (DDPM Eq. 14), not x0."),
                                 (dict(model_input="x0"), "the model must see the noised x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, not x0.")]:
-                if math.isclose(loss, float(_l_simple(model_copy(before, model), x0, t, noise, **kw)), rel_tol=1e-6):
+                if math.isclose(loss, float(_l_simple(model_copy(before, model), x0, t, noise, **kw).detach()), rel_tol=1e-6):
                     return Verdict(False, [f"first call: your loss {loss:.6g}, L_simple of the model you were given {independent:.6g}."], message)
             after_step = float(_l_simple(model, x0, t, noise).detach())
             hint = "return the loss computed BEFORE the step (the one you back-propagated)." if math.isclose(loss, after_step, rel_tol=1e-6) else ""
@@ -384,9 +389,9 @@ def _euler_model(mixture: GaussianMixture):
 
 
 def _euler_variant(eps_model, noise, sigmas, kind):
-    x_bar = noise * (1.0 if kind == "no_init_sigma" else sigmas[0])
+    x_bar = noise * (1.0 if kind in ("no_init_sigma", "both") else sigmas[0])
     for sigma, sigma_next in zip(sigmas[:-1], sigmas[1:]):
-        x_in = x_bar if kind == "unscaled_input" else x_bar / (sigma**2 + 1) ** 0.5
+        x_in = x_bar if kind in ("unscaled_input", "both") else x_bar / (sigma**2 + 1) ** 0.5
         x_bar = x_bar + (sigma_next - sigma) * eps_model(x_in, sigma)
     return x_bar
 
@@ -394,6 +399,7 @@ def _euler_variant(eps_model, noise, sigmas, kind):
 EULER_MISTAKES = [
     ("unscaled_input", "the network was trained on x_t = x_bar / sqrt(sigma^2 + 1), not on x_bar (diffusers' scale_model_input, k-diffusion's c_in)."),
     ("no_init_sigma", "x_bar at sigma_max is noise * sigma_max (diffusers' init_noise_sigma)."),
+    ("both", "line 2 was right (x_bar starts at noise * sigma_max, diffusers' init_noise_sigma); the bug is what the network is given."),
 ]
 
 
@@ -410,7 +416,7 @@ def _judge_euler_loop(student) -> Verdict:
             return Verdict(False, [f"{where}: the result contains NaN or inf."], _diagnose(got, variants, call))
         if mixture is POINT:
             error = float((got - POINT.means[0]).abs().max())
-            if error > 1e-8:
+            if error > EXACT_ATOL:
                 return Verdict(False, [f"{where}: Euler lands exactly on the one data point; yours misses it by up to {error:.3g}."],
                                _diagnose(got, variants, call))
         else:

@@ -1,11 +1,9 @@
 """Solutions to the exercises beyond transcription (notebooks/exercises/07_derive_and_predict and 08_loops_and_bugs).
 
 Kept apart from the exercises, and apart from solutions.py. Each number is derived in the comment above it;
-each function is written from the paper, the way a student would write it, without the library.
+each function is written from the paper, the way a student would write it, without the library's samplers.
 ``tests/test_exercises_beyond.py`` runs every checker on these.
 """
-
-import torch
 
 # --- 07_derive_and_predict ------------------------------------------------------------------
 
