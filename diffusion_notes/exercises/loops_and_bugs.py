@@ -287,6 +287,15 @@ def _gradient_step(model, x0, t, noise):
     return [p.detach() - LEARNING_RATE * g for p, g in zip(model.parameters(), grads)]
 
 
+def _model_copy(parameters, model):
+    """A copy of ``model`` with the given parameter values."""
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, value in zip(twin.parameters(), parameters):
+            p.copy_(value)
+    return twin
+
+
 def _judge_train_step(student) -> Verdict:
     model, optimizer, x0, t, noise = _training_setup()
     losses = []
@@ -299,7 +308,7 @@ def _judge_train_step(student) -> Verdict:
         if call == 0 and not math.isclose(loss, independent, rel_tol=1e-6):
             for kw, message in [(dict(target="x0"), "the regression target is the noise eps (DDPM Eq. 14), not x0."),
                                 (dict(model_input="x0"), "the model must see the noised x_t = sqrt(abar) x0 + sqrt(1 - abar) eps, not x0.")]:
-                if math.isclose(loss, float(_l_simple(model_copy(before, model), x0, t, noise, **kw).detach()), rel_tol=1e-6):
+                if math.isclose(loss, float(_l_simple(_model_copy(before, model), x0, t, noise, **kw).detach()), rel_tol=1e-6):
                     return Verdict(False, [f"first call: your loss {loss:.6g}, L_simple of the model you were given {independent:.6g}."], message)
             after_step = float(_l_simple(model, x0, t, noise).detach())
             hint = "return the loss computed BEFORE the step (the one you back-propagated)." if math.isclose(loss, after_step, rel_tol=1e-6) else ""
@@ -312,21 +321,12 @@ def _judge_train_step(student) -> Verdict:
             if off > 1e-9:
                 hint = ("the gradients of the previous call were still in .grad: call optimizer.zero_grad() before loss.backward() "
                         "(PyTorch ADDS to .grad)." if call == 1 else "the step must be one SGD step on L_simple: params - lr * grad.")
-                return Verdict(False, [f"call {call + 1}: the parameters moved by up to {moved:.3g}, but one gradient step on "
-                                       f"L_simple moves them to within {off:.3g} of where they are."], hint)
+                return Verdict(False, [f"call {call + 1}: your step moved the parameters by up to {moved:.3g}; they end up to "
+                                       f"{off:.3g} away from one SGD step on L_simple (params - lr * grad)."], hint)
     if not losses[-1] < 0.9 * losses[0]:
         return Verdict(False, [f"the loss went from {losses[0]:.4g} to {losses[-1]:.4g} in {TRAIN_CALLS} calls: it should fall."])
     return Verdict(True, [f"the first loss equals L_simple computed independently; each step is one SGD step; the loss fell from "
                           f"{losses[0]:.4g} to {losses[-1]:.4g} in {TRAIN_CALLS} calls on the fixed batch."])
-
-
-def model_copy(parameters, model):
-    """A copy of ``model`` with the given parameter values."""
-    twin = copy.deepcopy(model)
-    with torch.no_grad():
-        for p, value in zip(twin.parameters(), parameters):
-            p.copy_(value)
-    return twin
 
 
 register(Task("train_step", "a function train_step(model, optimizer, x0, t, noise) -> loss", _judge_train_step,
