@@ -150,7 +150,7 @@ def _judge_ddim_loop(student) -> Verdict:
                 i = int((got - POINT.means[0]).abs().amax(1).argmax())
                 hint = _diagnose(got, [(lambda *a, k=k: _ddim_variant(*a, kind=k), m) for k, m in DDIM_MISTAKES], call)
                 return Verdict(False, [f"{where}: DDIM lands exactly on the one data point {POINT.means[0].tolist()} on any grid; "
-                                       f"yours misses it by up to {error:.3g} (sample {i}: {got[i].tolist()})."], hint)
+                                       f"yours misses it by up to {error:.3g} (sample {i} ends at ({float(got[i, 0]):.4g}, {float(got[i, 1]):.4g}))."], hint)
         else:
             exact = ode_reference(mixture, x_T, float(SCHEDULE.alphas_cumprod[timesteps[0]]), 1.0)
             error = _rms(got, exact)
