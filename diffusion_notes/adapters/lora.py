@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,27 +41,31 @@ import torch
 from torch import nn
 
 from ..checkpoints.io import load_state_dict
+from ..checkpoints.safetensors_header import read_safetensors_header
 from ..errors import CheckpointError
 from ..models.prepacked import PrepackedConv2d
 from .lora_keys import LOHA_ROLES, LOKR_ROLES, LoraLayer, lora_layers
 from .lycoris import loha_delta, lokr_delta
 
 __all__ = ["AppliedLora", "lora_delta", "read_lora", "plan_lora", "load_lora", "unload_loras", "applied_loras",
-           "lora_hashes"]
+           "lora_hashes", "lora_hash_list", "temporary_loras", "a1111_lora_hash"]
 
 
 @dataclass(frozen=True)
 class AppliedLora:
-    """One merged LoRA: its name (file stem), multiplier and the sha256 of its file (hex)."""
+    """One merged LoRA: its name (file stem), multiplier, the sha256 of its file (hex) and the hash
+    AUTOMATIC1111 shows for it (:func:`a1111_lora_hash`)."""
 
     name: str
     scale: float
     sha256: str
+    a1111_hash: str = ""
 
     @property
     def short_hash(self) -> str:
-        """The first 12 hex digits of the sha256 (what ``Lora hashes:`` shows)."""
-        return self.sha256[:12]
+        """What ``Lora hashes:`` shows: the first 12 hex digits of AUTOMATIC1111's hash (of the sha256 when
+        there is none, for a state dict given in memory)."""
+        return (self.a1111_hash or self.sha256)[:12]
 
 
 def lora_delta(down: torch.Tensor, up: torch.Tensor, alpha: float | None, multiplier: float = 1.0) -> torch.Tensor:
@@ -75,7 +80,7 @@ def lora_delta(down: torch.Tensor, up: torch.Tensor, alpha: float | None, multip
     return scale * product.reshape(up.shape[0], *down.shape[1:])
 
 
-def _sha256_of_file(path: Path) -> str:
+def sha256_of_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -83,7 +88,7 @@ def _sha256_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _sha256_of_tensors(state_dict: dict[str, torch.Tensor]) -> str:
+def sha256_of_tensors(state_dict: dict[str, torch.Tensor]) -> str:
     """A state dict given in memory has no file: hash its names and float32 values instead."""
     digest = hashlib.sha256()
     for key in sorted(state_dict):
@@ -92,15 +97,36 @@ def _sha256_of_tensors(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def a1111_lora_hash(path) -> str:
+    """The hash AUTOMATIC1111 records for a LoRA file (``extensions-builtin/Lora/network.py``,
+    ``NetworkOnDisk``): the ``sshs_model_hash`` of a safetensors header when kohya's trainer wrote one,
+    else for ``.safetensors`` kohya's "addnet" hash, the sha256 of the bytes after the header (so that
+    editing the metadata keeps the hash; ``modules/hashes.py``, ``addnet_hash_safetensors``), else the
+    sha256 of the whole file. ``Lora hashes:`` shows its first 12 hex digits."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return sha256_of_file(path)
+    header = read_safetensors_header(path)
+    stated = header.metadata.get("sshs_model_hash")
+    if stated:
+        return stated
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(header.data_start)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_lora(path_or_state_dict) -> tuple[dict[str, torch.Tensor], str, str]:
     """``(tensors, name, sha256)``: a LoRA file read without running code (``checkpoints.io``), its stem
     and the sha256 of its bytes; for a state dict, the name ``"state_dict"`` and a hash of its tensors."""
     if isinstance(path_or_state_dict, dict):
         tensors = dict(path_or_state_dict)
-        return tensors, "state_dict", _sha256_of_tensors(tensors)
+        return tensors, "state_dict", sha256_of_tensors(tensors)
     path = Path(os.fspath(path_or_state_dict))
     tensors = load_state_dict(path)
-    return tensors, path.stem, _sha256_of_file(path)
+    return tensors, path.stem, sha256_of_file(path)
 
 
 def _check_factors(layer: LoraLayer, weight_shape: torch.Size) -> None:
@@ -177,6 +203,12 @@ def load_lora(sd, path_or_state_dict, scale: float = 1.0) -> AppliedLora:
     weights from before the first one. The merge is computed in float32 and stored in the layer's dtype."""
     tensors, name, sha256 = read_lora(path_or_state_dict)
     plan = plan_lora(sd, tensors, scale)
+    a1111 = "" if isinstance(path_or_state_dict, dict) else a1111_lora_hash(os.fspath(path_or_state_dict))
+    return _merge(sd, plan, AppliedLora(name, float(scale), sha256, a1111))
+
+
+def _merge(sd, plan: list[tuple[str, torch.Tensor]], applied: AppliedLora) -> AppliedLora:
+    """Add each planned ΔW to its layer, keeping the weight from before the first merge for :func:`unload_loras`."""
     originals = vars(sd).setdefault("_lora_originals", {})
     with torch.no_grad():
         for target, delta in plan:
@@ -184,9 +216,44 @@ def load_lora(sd, path_or_state_dict, scale: float = 1.0) -> AppliedLora:
             weight = module.weight
             originals.setdefault(target, weight if isinstance(weight, nn.Parameter) else weight.detach().clone())
             _set_weight(module, (weight.float() + delta.to(weight.device)).to(weight.dtype))
-    applied = AppliedLora(name, float(scale), sha256)
     vars(sd).setdefault("_applied_loras", []).append(applied)
     return applied
+
+
+@contextmanager
+def temporary_loras(sd, loras):
+    """Merge ``loras`` (``[(path, scale), ...]``) for the duration of a ``with`` block, then take out
+    exactly them, even when the block fails: every layer they touched gets back the very weight it had
+    before (not a subtraction), and LoRAs merged earlier with :func:`load_lora` stay. A file that fails
+    its checks leaves nothing merged. This is how a prompt's ``<lora:name:weight>`` tags apply to one
+    generation (:mod:`diffusion_notes.adapters.prompt_tags`)."""
+    loras = list(loras)
+    if not loras:
+        yield ()
+        return
+    originals = vars(sd).setdefault("_lora_originals", {})
+    records = vars(sd).setdefault("_applied_loras", [])
+    kept_originals, count = set(originals), len(records)
+    before: dict[str, torch.Tensor] = {}
+    try:
+        for path, scale in loras:
+            tensors, name, sha256 = read_lora(path)
+            plan = plan_lora(sd, tensors, scale)
+            for target, _ in plan:
+                before.setdefault(target, sd.get_submodule(target).weight)
+            _merge(sd, plan, AppliedLora(name, float(scale), sha256, a1111_lora_hash(path)))
+        yield tuple(records[count:])
+    finally:
+        with torch.no_grad():
+            for target, weight in before.items():
+                module = sd.get_submodule(target)
+                if isinstance(weight, nn.Parameter) and not isinstance(module, PrepackedConv2d):
+                    module.weight = weight
+                else:
+                    _set_weight(module, weight)
+        for target in set(originals) - kept_originals:
+            del originals[target]
+        del records[count:]
 
 
 def unload_loras(sd) -> None:
@@ -211,8 +278,16 @@ def applied_loras(sd) -> tuple[AppliedLora, ...]:
     return tuple(vars(sd).get("_applied_loras", ()))
 
 
+def lora_hash_list(applied: tuple[AppliedLora, ...] | list[AppliedLora]) -> str | None:
+    """The value of AUTOMATIC1111's ``Lora hashes`` infotext field, ``"name: hash, name2: hash2"``, with
+    ``:`` and ``,`` removed from the names as AUTOMATIC1111 does (``extra_networks_lora.py``); None when
+    no LoRA is applied."""
+    if not applied:
+        return None
+    return ", ".join(f"{a.name.replace(':', '').replace(',', '')}: {a.short_hash}" for a in applied)
+
+
 def lora_hashes(applied: tuple[AppliedLora, ...] | list[AppliedLora]) -> str:
     """AUTOMATIC1111's infotext entry ``Lora hashes: "name: hash, ..."`` ("" when none is applied)."""
-    if not applied:
-        return ""
-    return 'Lora hashes: "' + ", ".join(f"{a.name}: {a.short_hash}" for a in applied) + '"'
+    value = lora_hash_list(applied)
+    return f'Lora hashes: "{value}"' if value else ""
