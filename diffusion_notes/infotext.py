@@ -76,7 +76,7 @@ def format_parameters(prompt: str, negative_prompt: str = "", **fields) -> str:
 
 
 _LABELS = {"cfg_scale": "CFG scale", "eta": "Eta", "denoising_strength": "Denoising strength",
-           "ti_hashes": "TI hashes"}
+           "ti_hashes": "TI hashes", "vae": "VAE"}
 
 
 def _label(key: str) -> str:

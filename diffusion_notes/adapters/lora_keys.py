@@ -37,7 +37,7 @@ from ..checkpoints import diffusers_layout as layout
 from ..errors import CheckpointError
 from ..models.text import clip_transformer
 
-__all__ = ["LoraLayer", "detect_lora_format", "layer_names", "lora_layers"]
+__all__ = ["LoraLayer", "check_lora_keys", "detect_lora_format", "layer_names", "lora_layers"]
 
 #: The text encoders' kohya prefixes, per family (index = position in ``sd.text_encoders``).
 KOHYA_TEXT_PREFIXES = {"sd1": ("lora_te_",), "sd2": ("lora_te_",), "sdxl": ("lora_te1_", "lora_te2_")}
@@ -171,6 +171,17 @@ def _layer_of(key: str, lora_format: str) -> tuple[str, str]:
         if marker in key:
             raise CheckpointError(f"LoRA tensor {key!r} is {what}.")
     raise CheckpointError(f"LoRA tensor {key!r} is not a {lora_format} LoRA factor (expected down/up weights or alpha).")
+
+
+def check_lora_keys(keys) -> str:
+    """The format of a file with tensor names ``keys`` (:func:`detect_lora_format`), every name checked to be
+    a factor or alpha of that format (DoRA and other variants refused); what can be told before a model
+    is loaded (the command line checks ``--lora`` files with it). Raises :class:`CheckpointError`."""
+    keys = list(keys)
+    lora_format = detect_lora_format(keys)
+    for key in keys:
+        _layer_of(key, lora_format)
+    return lora_format
 
 
 def _wrong_family_hint(layer: str, family: str) -> str:

@@ -30,7 +30,7 @@ from ..checkpoints.io import _read_pickle, _sniff, load_state_dict
 from ..errors import CheckpointError
 from .lora import sha256_of_file, sha256_of_tensors
 
-__all__ = ["read_embedding", "load_textual_inversion", "used_embeddings"]
+__all__ = ["read_embedding", "load_textual_inversion", "used_embeddings", "check_embedding_file"]
 
 #: SDXL files name their two tables after the encoders (index in ``sd.text_encoders``).
 _SDXL_KEYS = ("clip_l", "clip_g")
@@ -77,6 +77,17 @@ def read_embedding(path_or_dict, family: str) -> tuple[list[torch.Tensor], str |
             raise CheckpointError(f"{where}: the embedding holds NaN or inf.")
         vectors.append(table)
     return vectors, token
+
+
+def check_embedding_file(path) -> None:
+    """Read an embedding file and check it is one of the formats above (any family: SDXL's two tables or
+    one table), before a model is loaded (the command line's ``--embedding``); :class:`CheckpointError` if not."""
+    path = Path(os.fspath(path))
+    data = _tensors(path)
+    try:
+        read_embedding(data, "sdxl" if all(k in data for k in _SDXL_KEYS) else "sd1")
+    except CheckpointError as error:
+        raise CheckpointError(str(error).replace("embedding:", f"{path}:", 1)) from None
 
 
 def load_textual_inversion(sd, path_or_dict, token: str | None = None) -> list[str]:
