@@ -46,6 +46,7 @@ from ..errors import CheckpointError
 from ..models.prepacked import PrepackedConv2d
 from .lora_keys import LOHA_ROLES, LOKR_ROLES, LoraLayer, lora_layers
 from .lycoris import loha_delta, lokr_delta
+from .peft_config import read_peft_config
 
 __all__ = ["AppliedLora", "lora_delta", "read_lora", "plan_lora", "load_lora", "unload_loras", "applied_loras",
            "lora_hashes", "lora_hash_list", "temporary_loras", "a1111_lora_hash"]
@@ -152,8 +153,10 @@ def _check_factors(layer: LoraLayer, weight_shape: torch.Size) -> None:
                               f"{tuple(weight_shape)} (a LoRA for another model size or family?).")
 
 
-def plan_lora(sd, state_dict: dict[str, torch.Tensor], scale: float = 1.0) -> list[tuple[str, torch.Tensor]]:
+def plan_lora(sd, state_dict: dict[str, torch.Tensor], scale: float = 1.0,
+              peft_config: dict | None = None) -> list[tuple[str, torch.Tensor]]:
     """``[(module path, ΔW)]`` for every layer of ``state_dict``: all checks done, nothing changed.
+    ``peft_config``: a PEFT file's ``lora_alpha`` / ``r`` / patterns (:mod:`.peft_config`).
 
     Raises :class:`CheckpointError` (one line naming the key, the layer and the reason) for a file that
     is no LoRA, a key matching no layer of ``sd``, a LoRA of another family, a shape that does not fit,
@@ -161,7 +164,7 @@ def plan_lora(sd, state_dict: dict[str, torch.Tensor], scale: float = 1.0) -> li
     if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
         raise CheckpointError(f"LoRA scale must be a finite number, not {scale!r}.")
     plan = []
-    for layer in lora_layers(state_dict, sd):
+    for layer in lora_layers(state_dict, sd, peft_config):
         weight_shape = sd.get_submodule(layer.target).weight.shape
         _check_factors(layer, weight_shape)
         plan.append((layer.target, _delta(layer, scale, weight_shape)))
@@ -202,9 +205,13 @@ def load_lora(sd, path_or_state_dict, scale: float = 1.0) -> AppliedLora:
     nothing. LoRAs stack: each call adds its own :math:`\Delta W`; :func:`unload_loras` restores the
     weights from before the first one. The merge is computed in float32 and stored in the layer's dtype."""
     tensors, name, sha256 = read_lora(path_or_state_dict)
-    plan = plan_lora(sd, tensors, scale)
+    plan = plan_lora(sd, tensors, scale, _peft_config(path_or_state_dict))
     a1111 = "" if isinstance(path_or_state_dict, dict) else a1111_lora_hash(os.fspath(path_or_state_dict))
     return _merge(sd, plan, AppliedLora(name, float(scale), sha256, a1111))
+
+
+def _peft_config(path_or_state_dict) -> dict | None:
+    return None if isinstance(path_or_state_dict, dict) else read_peft_config(os.fspath(path_or_state_dict))
 
 
 def _merge(sd, plan: list[tuple[str, torch.Tensor]], applied: AppliedLora) -> AppliedLora:
@@ -238,7 +245,7 @@ def temporary_loras(sd, loras):
     try:
         for path, scale in loras:
             tensors, name, sha256 = read_lora(path)
-            plan = plan_lora(sd, tensors, scale)
+            plan = plan_lora(sd, tensors, scale, _peft_config(path))
             for target, _ in plan:
                 before.setdefault(target, sd.get_submodule(target).weight)
             _merge(sd, plan, AppliedLora(name, float(scale), sha256, a1111_lora_hash(path)))

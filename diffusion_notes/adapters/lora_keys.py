@@ -36,6 +36,7 @@ from torch import nn
 from ..checkpoints import diffusers_layout as layout
 from ..errors import CheckpointError
 from ..models.text import clip_transformer
+from .peft_config import ALL, peft_alpha
 
 __all__ = ["LoraLayer", "check_lora_keys", "detect_lora_format", "layer_names", "lora_layers"]
 
@@ -204,11 +205,13 @@ def _missing_factor(found: dict) -> str | None:
     return next((role for role in ("down", "up") if role not in found), None)
 
 
-def lora_layers(state_dict: dict[str, torch.Tensor], sd) -> list[LoraLayer]:
+def lora_layers(state_dict: dict[str, torch.Tensor], sd, peft_config: dict | None = None) -> list[LoraLayer]:
     """The file's tensors grouped per layer and matched to a module of ``sd``; every key must match.
 
-    Raises :class:`CheckpointError` naming the first key that is not a LoRA factor, matches no layer
-    of ``sd``, or misses its partner factor. Shapes are checked later, by the merge."""
+    ``peft_config``: the file's PEFT configuration (:func:`.peft_config.read_peft_config`), which gives
+    the alpha of a PEFT-format layer that stores none. Raises :class:`CheckpointError` naming the
+    first key that is not a LoRA factor, matches no layer of ``sd``, or misses its partner factor.
+    Shapes are checked later, by the merge."""
     lora_format = detect_lora_format(state_dict)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state_dict.items():
@@ -226,5 +229,11 @@ def lora_layers(state_dict: dict[str, torch.Tensor], sd) -> list[LoraLayer]:
         alpha = found.pop("alpha", None)
         if alpha is not None and alpha.numel() != 1:
             raise CheckpointError(f"LoRA layer {layer!r}: alpha has shape {tuple(alpha.shape)}, expected one number.")
-        layers.append(LoraLayer(layer, names[layer], found, None if alpha is None else float(alpha.reshape(()))))
+        alpha = None if alpha is None else float(alpha.reshape(()))
+        if alpha is None and lora_format == "peft" and peft_config:
+            component, _, module = layer.partition(".")
+            config = peft_config.get(component, peft_config.get(ALL))
+            if config is not None:
+                alpha = peft_alpha(config, module, found["down"].shape[0], layer)
+        layers.append(LoraLayer(layer, names[layer], found, alpha))
     return layers
