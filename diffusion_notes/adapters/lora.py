@@ -18,10 +18,14 @@ Merging writes :math:`W_0 + \Delta W` into the layer: inference then costs nothi
 * :func:`read_lora`: a file (or a state dict) -> its tensors, name and sha256;
 * :func:`plan_lora`: every check, and every :math:`\Delta W`, computed before anything is changed;
 * :func:`load_lora` / :func:`unload_loras`: merge (stacking: each LoRA adds its own :math:`\Delta W`)
-  and restore the original weights exactly, from the originals kept at the first merge.
+  and restore the original weights exactly, from the originals kept at the first merge;
+* :func:`temporary_loras`: merge some LoRAs for one ``with`` block and take out exactly them
+  (a prompt's ``<lora:name:weight>`` tags, :mod:`.prompt_tags`).
 
-What was applied is recorded as :class:`AppliedLora` (name, multiplier, sha256 of the file), and
-:func:`lora_hashes` writes AUTOMATIC1111's ``Lora hashes: "name: hash"`` infotext entry.
+What was applied is recorded as :class:`AppliedLora` (name, multiplier, sha256 of the file, and
+AUTOMATIC1111's hash of it, :func:`a1111_lora_hash`), and :func:`lora_hashes` writes AUTOMATIC1111's
+``Lora hashes: "name: hash"`` infotext entry. A PEFT file's ``lora_alpha`` comes from its config
+(:mod:`.peft_config`).
 
 Counterparts: kohya sd-scripts ``networks/lora.py`` (``LoRAModule``, ``merge_to``), diffusers
 ``fuse_lora`` / ``unfuse_lora`` (PEFT ``LoraLayer.merge``), AUTOMATIC1111
