@@ -35,7 +35,7 @@ import os
 import random
 from dataclasses import dataclass, replace
 
-from .adapters.prompt_tags import check_lora_dir, prompt_loras
+from .adapters.prompt_tags import TAG, check_lora_dir, prompt_loras
 from .checks import check_choice as _check_choice
 from .checks import check_flag as _check_flag
 from .checks import check_integer, check_real
@@ -125,6 +125,9 @@ class Conditioning:
             check_lora_dir(self.lora_dir)
         if self.prompt_syntax == "a1111":
             prompt_loras(prompts, negatives, self.lora_dir)  # every tag readable and its file present
+        elif self.lora_dir is not None and any(TAG.search(p) for p in prompts + negatives):
+            raise SettingsError("prompt_syntax", "a LoRA folder is given and a prompt has a <lora:...> tag, but the "
+                                "plain syntax reads tags as text; use prompt_syntax='a1111' to apply them")
         check_integer("num_images", self.num_images, 1, 4096)
         check_real("guidance_scale", self.guidance_scale, 0.0,
                    hint=" (1 = no guidance, 7.5 is Stable Diffusion's usual)")

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from . import decoding, pipeline
+from .errors import SettingsError
 from .models.config import StableDiffusionConfig  # defined with the model configs; re-exported here
 from .models.embeddings import size_embedding
 from .models.text import PromptEncoder
@@ -213,9 +214,15 @@ class StableDiffusion(nn.Module):
         LoRA merged into either is merged into both, and ``unload_loras`` on either restores both.
         diffusers: ``StableDiffusionPipeline.from_pretrained(..., vae=AutoencoderKL.from_single_file(...))``."""
         from .checkpoints.vae_file import LoadedVae, check_vae_fits, load_vae
+        from .models.prepacked import PrepackedConv2d
 
-        if not isinstance(vae, LoadedVae):
-            vae = load_vae(vae, torch_dtype=self.dtype, device=self.device)
+        if not isinstance(vae, LoadedVae):  # read like this model's VAE: dtype, device, prepacked or not
+            prepacked = any(isinstance(m, PrepackedConv2d) for m in self.vae.modules())
+            vae = load_vae(vae, torch_dtype=self.dtype, device=self.device, prepack=prepacked)
+        given = next(vae.vae.parameters())
+        if (given.dtype, given.device) != (self.dtype, self.device):
+            raise SettingsError("vae", f"the VAE is in {given.dtype} on {given.device}, this model in {self.dtype} on "
+                                f"{self.device}; read it with load_vae(path, torch_dtype=sd.dtype, device=sd.device)")
         check_vae_fits(vae, self.config)
         swapped = StableDiffusion(dataclasses.replace(self.config, vae=vae.config), self.unet, vae.vae,
                                   self.prompt_encoder, self.schedule)

@@ -88,6 +88,9 @@ def test_plain_syntax_keeps_a_tag_as_text(tmp_path):
         Conditioning("a cat <lora:missing:1>", prompt_syntax="a1111")
     with pytest.raises(SettingsError, match="it has: no LoRA files"):
         Conditioning("a cat <lora:missing:1>", prompt_syntax="a1111", lora_dir=tmp_path)
+    with pytest.raises(SettingsError, match="plain syntax reads tags as text") as info:  # a folder shows the intent
+        Conditioning("a cat <lora:missing:1>", prompt_syntax="plain", lora_dir=tmp_path)
+    assert info.value.option == "prompt_syntax"
 
 
 # -- one generation --------------------------------------------------------------------------------

@@ -101,6 +101,18 @@ def test_with_vae_leaves_the_model_unchanged(sd1, tmp_path):
     assert all(torch.equal(before[k], v) for k, v in sd.vae.state_dict().items())
 
 
+def test_a_vae_in_another_dtype_is_refused_not_moved(sd1, tmp_path):
+    from diffusion_notes.errors import SettingsError
+
+    _, sd = sd1
+    path = tmp_path / "vae.safetensors"
+    save_file(random_compvis_vae(sd), path)
+    half = load_vae(path, torch_dtype=torch.bfloat16)
+    with pytest.raises(SettingsError, match="torch.bfloat16.*load_vae\\(path, torch_dtype=sd.dtype"):
+        sd.with_vae(half)
+    assert next(half.vae.parameters()).dtype == torch.bfloat16
+
+
 def test_sdxl_vae_folder_is_refused_on_sd1_by_its_scaling_factor(sd1, tmp_path):
     """SDXL's VAE has SD 1.5's shapes; only its config.json's scaling_factor (0.13025, as stabilityai/sdxl-vae
     states it) tells them apart."""
