@@ -7,6 +7,10 @@ Flags keep the names of CompVis's ``scripts/txt2img.py`` / ``scripts/img2img.py`
 numbers continuing after the highest one present, so no file is ever replaced. Each PNG carries its
 generation parameters in AUTOMATIC1111's ``parameters`` text chunk.
 
+Adapters (README "Adapters"): ``--lora FILE[:SCALE]`` and ``--embedding FILE`` (repeatable), ``--lora-dir``
+(the folder of ``<lora:name:weight>`` prompt tags, with ``--prompt-syntax a1111``) and ``--vae``; each
+file is checked (exists, readable, a LoRA / embedding / VAE by its tensor names) before the model loads.
+
 Differences from CompVis: txt2img's default sampler is PLMS (``--ddim`` for DDIM; img2img and inpaint
 default to DDIM), one image per run by default (``--n_samples 1 --n_iter 1``), each batch (one prompt,
 one iteration) gets its own seed ``seed + k``, k counting batches, so each PNG's ``Seed`` reproduces it
@@ -20,7 +24,7 @@ the model loads). Any other exception is a bug and keeps its traceback. Ctrl-C s
 130 and one line saying how many pictures were saved; no partial file is left.
 
 Why it is over 400 lines: the flags (with their ``--help`` texts) and the checks of the command
-line's own inputs (files, folders, devices), which only a command line has.
+line's own inputs (files, folders, devices, adapter files), which only a command line has.
 """
 
 from __future__ import annotations
