@@ -25,7 +25,9 @@ One path: :func:`generate` runs every generation from a :class:`~diffusion_notes
 model's geometry). ``txt2img``, ``img2img`` and ``inpaint`` are thin doors onto it: they differ only in
 how they build the request and the initial latents (their ``begin`` functions, which return a
 :class:`Start`). Nothing here changes the model it is given: memory options apply inside
-:func:`diffusion_notes.memory.memory_context` and are undone. The VAE ends live in
+:func:`diffusion_notes.memory.memory_context` and are undone, and the LoRAs of a prompt's
+``<lora:name:weight>`` tags (``prompt_syntax="a1111"``) are merged inside
+:func:`diffusion_notes.adapters.lora.temporary_loras` and taken out exactly afterwards. The VAE ends live in
 :mod:`diffusion_notes.decoding`, strength and inpainting's blend in :mod:`diffusion_notes.init_image`,
 the PNG text in :mod:`diffusion_notes.infotext`.
 
@@ -49,13 +51,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .adapters.lora import applied_loras, temporary_loras
+from .adapters.textual_inversion import used_embeddings
 from .decoding import NonFiniteDecodeWarning, decode, decode_checked, decode_tiled, encode_image
 from .errors import CheckpointError, SettingsError
 from .geometry import ModelGeometry, default_size, is_inpainting_model, vae_factor
 from .guidance import guided_eps_model
 from .images import array_to_pil, check_image_and_mask, image_to_tensor, mask_to_tensor, tensor_to_array
-from .adapters.lora import applied_loras, temporary_loras
-from .adapters.textual_inversion import used_embeddings
 from .infotext import ADAPTER_FIELDS, adapter_fields, format_parameters, infotext_fields
 from .init_image import NoDenoisingWarning, blend_known_region, noised, strength_grids, strength_timesteps
 from .memory import memory_context

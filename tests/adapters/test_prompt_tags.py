@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from diffusion_notes.adapters.prompt_tags import LoraTag, find_lora, prompt_loras, split_lora_tags
+from diffusion_notes.adapters.prompt_tags import find_lora, prompt_loras, split_lora_tags
 from diffusion_notes.errors import SettingsError
 from diffusion_notes.infotext import parse_parameters
 from diffusion_notes.settings import Conditioning
