@@ -473,6 +473,8 @@ def txt2img(sd: DiffusionModel, prompt, *, height: int | None = None, width: int
       ``memory`` (None)                               :class:`~diffusion_notes.settings.MemoryOptions`
       ``original_size``, ``crops_coords_top_left``,   SDXL's size conditioning (:class:`~diffusion_notes.settings.Conditioning`)
       ``target_size``
+      ``prompt_syntax`` ("plain"), ``clip_skip`` (1)  ``"a1111"``: ``(word:1.2)``, long prompts, ``<lora:name:w>`` tags
+      ``lora_dir`` (None)                             the folder those tags' files are in (``adapters.prompt_tags``)
       ==============================================  ============================================================
     """
     request = Request.build(prompt, height=height, width=width, **settings)
