@@ -46,6 +46,7 @@ from ..precision import default_dtype
 from . import diffusers_layout as layout
 from .building import build
 from .detect import vae_config_from_state_dict
+from .diffusers_folder import _parsed, read_json, weights_file
 from .io import load_state_dict
 from .key_layout import VAE_PREFIX, strip_prefix
 from .metadata import from_header, read_header
@@ -59,6 +60,8 @@ _MARKER = "encoder.conv_in.weight"
 _DIFFUSERS_MARKER = "encoder.down_blocks."
 #: Tensors of a VAE's training, not of the network.
 _TRAINING_ONLY = ("loss.", "model_ema.")
+#: The other networks of a whole checkpoint given as a VAE: never read.
+_NOT_THE_VAE = ("model.diffusion_model.", "model_ema.", "cond_stage_model.", "conditioner.")
 
 
 @dataclass(frozen=True)
@@ -90,8 +93,6 @@ def check_vae_source(path) -> None:
         if not (folder / "config.json").is_file():
             raise CheckpointError(f"{path}: a folder without a config.json (nor vae/config.json); give a diffusers "
                                   "VAE folder or a .safetensors / .ckpt VAE file.")
-        from .diffusers_folder import weights_file
-
         weights_file(folder)
         return
     if not path.is_file():
@@ -127,8 +128,6 @@ def load_vae(path, torch_dtype: torch.dtype | None = None, device=None, prepack:
     dtype = torch_dtype or default_dtype(device)
     if path.is_dir():
         folder = _folder(path)
-        from .diffusers_folder import _parsed, read_json, weights_file
-
         config_json = read_json(folder / "config.json")
         config = _parsed(folder / "config.json", layout.vae_config_from_diffusers, config_json)
         weights = weights_file(folder)
@@ -140,10 +139,9 @@ def load_vae(path, torch_dtype: torch.dtype | None = None, device=None, prepack:
         vae = build(AutoencoderKL, config, state, "VAE", "vae/", str(folder / "config.json"))
         loaded = LoadedVae(vae, config, float(scale), str(path))
     else:
-        state = load_state_dict(path, dtype=dtype)
+        state = load_state_dict(path, dtype=dtype, skip=lambda name: name.startswith(_NOT_THE_VAE))
         prefix = _compvis_keys(list(state), path)
-        state = {k: v for k, v in strip_prefix(state, prefix).items() if not k.startswith(_TRAINING_ONLY)} \
-            if prefix else {k: v for k, v in state.items() if not k.startswith(_TRAINING_ONLY)}
+        state = {k: v for k, v in strip_prefix(state, prefix).items() if not k.startswith(_TRAINING_ONLY)}
         try:
             config = vae_config_from_state_dict(state)
         except (KeyError, IndexError) as exc:
@@ -152,7 +150,9 @@ def load_vae(path, torch_dtype: torch.dtype | None = None, device=None, prepack:
         vae = build(AutoencoderKL, config, state, "VAE", prefix)
         loaded = LoadedVae(vae, config, _stated_scale(path), str(path))
     vae.to(device=device, dtype=dtype)
-    if prepack if prepack is not None else next(vae.parameters()).device.type == "cpu":
+    if prepack is None:
+        prepack = next(vae.parameters()).device.type == "cpu"
+    if prepack:
         prepack_convolutions(vae)
     return loaded
 
