@@ -101,19 +101,21 @@ def _signed(coefficient: float, term: str) -> str:
     return f" {'−' if coefficient < 0 else '+'} {_num(abs(coefficient))}·{term}"
 
 
-def _ddim_lines(a_t: float, a_prev: float, sigma_t: float, eps: str) -> tuple[list[str], dict]:
-    """DDIM Eq. 12 with its numbers (``eps``: the noise estimate it is given, ε̂ or PLMS's ε̂′)."""
-    c = {"a_t": a_t, "a_prev": a_prev, "sqrt(a_t)": a_t**0.5, "sqrt(1-a_t)": (1 - a_t) ** 0.5,
-         "sqrt(a_prev)": a_prev**0.5, "sqrt(1-a_prev-sigma_t^2)": max(1 - a_prev - sigma_t**2, 0.0) ** 0.5,
-         "sigma_t": sigma_t}
-    lines = [
-        f"{X0} = (x<sub>t</sub> − √(1 − {ABAR}<sub>t</sub>)·{eps}) / √{ABAR}<sub>t</sub>"
-        f" = (x<sub>t</sub> − {_num(c['sqrt(1-a_t)'])}·{eps}) / {_num(c['sqrt(a_t)'])}",
-        f"x<sub>prev</sub> = √{ABAR}<sub>prev</sub>·{X0} + √(1 − {ABAR}<sub>prev</sub> − σ<sub>t</sub>²)·{eps}"
-        + (" + σ<sub>t</sub>·z" if sigma_t > 0 else ""),
-        f"x<sub>prev</sub> = {_num(c['sqrt(a_prev)'])}·{X0} + {_num(c['sqrt(1-a_prev-sigma_t^2)'])}·{eps}"
-        + (f" + {_num(sigma_t)}·z" if sigma_t > 0 else ""),
-    ]
+def _ddim_lines(a_t: float, a_prev: float, sigma_t: float | None, eps: str) -> tuple[list[str], dict]:
+    """DDIM Eq. 12 with its numbers (``eps``: the noise estimate it is given, ε̂ or PLMS's ε̂′); ``sigma_t=None``:
+    the transfer φ of PNDM Eq. 9, which has no noise term."""
+    c = {"a_t": a_t, "a_prev": a_prev, "sqrt(a_t)": a_t**0.5, "sqrt(1-a_t)": (1 - a_t) ** 0.5, "sqrt(a_prev)": a_prev**0.5}
+    lines = [f"{X0} = (x<sub>t</sub> − √(1 − {ABAR}<sub>t</sub>)·{eps}) / √{ABAR}<sub>t</sub>"
+             f" = (x<sub>t</sub> − {_num(c['sqrt(1-a_t)'])}·{eps}) / {_num(c['sqrt(a_t)'])}"]
+    if sigma_t is None:
+        c["sqrt(1-a_prev)"] = (1 - a_prev) ** 0.5
+        lines += [f"x<sub>prev</sub> = √{ABAR}<sub>prev</sub>·{X0} + √(1 − {ABAR}<sub>prev</sub>)·{eps}",
+                  f"x<sub>prev</sub> = {_num(c['sqrt(a_prev)'])}·{X0} + {_num(c['sqrt(1-a_prev)'])}·{eps}"]
+        return lines, c
+    c["sqrt(1-a_prev-sigma_t^2)"] = max(1 - a_prev - sigma_t**2, 0.0) ** 0.5
+    c["sigma_t"] = sigma_t
+    lines += [f"x<sub>prev</sub> = √{ABAR}<sub>prev</sub>·{X0} + √(1 − {ABAR}<sub>prev</sub> − σ<sub>t</sub>²)·{eps} + σ<sub>t</sub>·z",
+              f"x<sub>prev</sub> = {_num(c['sqrt(a_prev)'])}·{X0} + {_num(c['sqrt(1-a_prev-sigma_t^2)'])}·{eps} + {_num(sigma_t)}·z"]
     return lines, c
 
 
@@ -166,7 +168,7 @@ def _plms(grid, i, options, history=None):
         weights = {"w(e_t)": 0.5, "w(e(x', t_next))": 0.5}
     else:
         first, weights = _adams_bashforth_line(history)
-    lines, c = _ddim_lines(a_t, a_prev, 0.0, f"{EPS}′")
+    lines, c = _ddim_lines(a_t, a_prev, None, f"{EPS}′")
     return "PLMS, PNDM Eq. 12 then the DDIM transfer (Eq. 9)", [first, *lines], {**weights, **c}
 
 
@@ -178,7 +180,7 @@ def _pndm(grid, i, options):
     t_prev = int(grid.timesteps[i + 1]) if i + 1 < grid.num_steps else 0
     t_mid = int(t) - (int(t) - t_prev) // 2
     a_t, a_prev, a_mid = float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1]), grid.alpha_at(t_mid)
-    lines, c = _ddim_lines(a_t, a_prev, 0.0, f"{EPS}′")
+    lines, c = _ddim_lines(a_t, a_prev, None, f"{EPS}′")
     prk = [f"e<sub>1</sub> = {EPS}(x<sub>t</sub>, {_t(t)}), e<sub>2</sub> = {EPS}(φ(x<sub>t</sub>, e<sub>1</sub>), {t_mid}), "
            f"e<sub>3</sub> = {EPS}(φ(x<sub>t</sub>, e<sub>2</sub>), {t_mid}), e<sub>4</sub> = {EPS}(φ(x<sub>t</sub>, e<sub>3</sub>), {t_prev})"
            f"  (midpoint ᾱ = {_num(a_mid)})",
@@ -500,6 +502,7 @@ def _frame_text(records: list[StepRecord], k: int) -> tuple[str, str, str]:
 _STYLE = """
 #{id} {{font-family: system-ui, sans-serif; font-size: 14px; border: 1px solid #ccc; padding: 8px; margin: 6px 0; max-width: 1100px;}}
 #{id} .dnsv-title {{font-weight: bold; margin-bottom: 4px;}}
+#{id} .dnsv-subtitle {{font-size: 12px; color: #444; margin-bottom: 4px;}}
 #{id} .dnsv-panels {{display: flex; flex-wrap: wrap; gap: 16px;}}
 #{id} figure {{margin: 0;}}
 #{id} figure img {{max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; background: #fff;}}
@@ -559,13 +562,14 @@ class StepViewer:
     ``trajectory``: from ``sample(..., return_trajectory=True)`` (N steps: N + 1 states, N predictions);
     ``grid`` and ``settings``: the grid the run walked and its sampler settings (:func:`watch` and
     :meth:`from_generation` pass them); ``decode``: latents -> images in [-1, 1] (the VAE), for latent runs;
-    ``title``: a line above the player; ``invert``: single-channel images drawn with 1 as black (the digits'
+    ``title`` and ``subtitle``: lines above the player; ``invert``: single-channel images drawn with 1 as black (the digits'
     ``cmap="gray_r"``); ``max_side``: frames are downsampled to at most this many pixels. :attr:`records` holds the numbers, :meth:`html` the HTML fragment
     (a notebook shows it as its output), :meth:`page` a whole document and :meth:`save` writes one.
     """
 
     def __init__(self, trajectory: Trajectory, grid: SamplingGrid, settings: SamplerSettings, *,
-                 decode: Callable | None = None, title: str = "", invert: bool = False, max_side: int = 128,
+                 decode: Callable | None = None, title: str = "", subtitle: str = "", invert: bool = False,
+                 max_side: int = 128,
                  interval_ms: int = 500):
         if not isinstance(trajectory, Trajectory) or not trajectory.pred_x0:
             raise SettingsError("trajectory", "the step viewer needs the trajectory of a run of at least one step: "
@@ -577,7 +581,7 @@ class StepViewer:
         walked = torch.as_tensor([float(t) for t in trajectory.timesteps], dtype=torch.float64)
         if not torch.allclose(walked, grid.timesteps[:-1].double(), rtol=0, atol=1e-9):
             raise SettingsError("trajectory", "the trajectory's timesteps are not the grid's: pass the grid the run walked")
-        self.settings, self.grid, self.title = settings, grid, title
+        self.settings, self.grid, self.title, self.subtitle = settings, grid, title, subtitle
         self.records = step_records(settings, grid)
         panels, captions = _frames(trajectory, decode, max_side, invert)
         self.frames = panels
@@ -585,7 +589,7 @@ class StepViewer:
         data = {"last": n, "titles": list(panels), "frames": list(panels.values()), "captions": list(captions.values()),
                 "headers": [t[0] for t in texts], "formulas": [t[1] for t in texts], "numbers": [t[2] for t in texts]}
         data_json = json.dumps(data, ensure_ascii=True, separators=(",", ":")).replace("</", "<\\/")
-        self.id = "dn-step-viewer-" + hashlib.sha1((title + data_json).encode()).hexdigest()[:12]
+        self.id = "dn-step-viewer-" + hashlib.sha1((title + subtitle + data_json).encode()).hexdigest()[:12]
         self._html = self._fragment(data_json, panels, texts[0], interval_ms)
 
     def _fragment(self, data_json: str, panels: dict, first: tuple, interval_ms: int) -> str:
@@ -599,7 +603,9 @@ class StepViewer:
         style = _STYLE.format(id=self.id)
         script = _SCRIPT % {"id": self.id, "data": data_json, "interval": interval_ms}
         return (f"<div class='dn-step-viewer' id='{self.id}' data-step='0' data-steps='{n}'><style>{style}</style>"
-                f"<div class='dnsv-title'>{title}</div><div class='dnsv-panels'>{figures}</div>"
+                f"<div class='dnsv-title'>{title}</div>"
+                + (f"<div class='dnsv-subtitle'>{html.escape(self.subtitle)}</div>" if self.subtitle else "")
+                + f"<div class='dnsv-panels'>{figures}</div>"
                 f"<div class='dnsv-controls'><button type='button' class='dnsv-prev'>prev</button>"
                 f"<button type='button' class='dnsv-play'>play</button><button type='button' class='dnsv-next'>next</button>"
                 f"<input type='range' min='0' max='{n}' step='1' value='0' aria-label='level'></div>"
