@@ -471,7 +471,7 @@ def _frames(trajectory: Trajectory, decode: Callable | None, max_side: int, inve
     return panels, captions
 
 
-def _display_height(uri: str, target: int = 160, max_width: int = 520) -> int:
+def _display_height(uri: str, target: int = 160, max_width: int = 380) -> int:
     """The height in CSS pixels to show a frame at: an integer zoom to about ``target`` tall, at most ``max_width`` wide."""
     from PIL import Image
 
