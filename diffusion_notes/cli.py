@@ -415,6 +415,9 @@ def _write_step_viewer(sd, outdir: Path, result, first: int) -> None:
     the highest viewer present, so that none is replaced)."""
     from .step_viewer import StepViewer
 
+    if not result.trajectory.pred_x0:
+        print("note: --step-viewer: the run took no steps (strength 0), so no viewer was written", file=sys.stderr)
+        return
     number = max(first, _next_number(outdir, r"step-viewer-(\d{5})\.html"))
     names = ", ".join(f"samples/{first + k:05}.png" for k in range(len(result.latents)))
     StepViewer.from_generation(sd, result, subtitle=f"the run of {names}").save(outdir / f"step-viewer-{number:05}.html")

@@ -518,10 +518,11 @@ _STYLE = """
 
 _SCRIPT = """
 (function () {
-  var root = document.getElementById("%(id)s");
-  if (!root || root.getAttribute("data-ready")) return;
-  root.setAttribute("data-ready", "1");
   var D = %(data)s;
+  var roots = document.querySelectorAll("div[id='%(id)s']");  /* the same run shown twice: each copy plays */
+  for (var r = 0; r < roots.length; r++) if (!roots[r].getAttribute("data-ready")) init(roots[r]);
+  function init(root) {
+  root.setAttribute("data-ready", "1");
   var slider = root.querySelector("input[type=range]");
   var images = root.querySelectorAll("img[data-panel]");
   var captions = root.querySelectorAll("figcaption[data-panel]");
@@ -552,6 +553,7 @@ _SCRIPT = """
     timer = setInterval(function () { if (+slider.value >= D.last) { stop(); } else { show(+slider.value + 1); } }, %(interval)d);
   });
   show(+slider.value);
+  }
 })();
 """
 

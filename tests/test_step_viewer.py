@@ -313,3 +313,14 @@ def test_txt2img_step_viewer_writes_a_page_per_batch_and_never_replaces_one(tmp_
                                                                        "step-viewer-00004.html"]
     assert (out / "step-viewer-00003.html").read_text(encoding="utf-8") == "mine"
     assert "samples/00002.png, samples/00003.png" in (out / "step-viewer-00004.html").read_text(encoding="utf-8")
+
+
+def test_img2img_step_viewer_shows_the_steps_it_ran(tmp_path):
+    image = tmp_path / "seven.png"
+    Image.fromarray(np.tile(np.linspace(0, 255, 32, dtype=np.uint8), (32, 1))).convert("RGB").save(image)
+    out = tmp_path / "out"
+    assert cli.main(["img2img", "--init-img", str(image), "--prompt", "a handwritten seven", "--strength", "0.5",
+                     "--ddim_steps", "8", "--device", "cpu", "--outdir", str(out), "--step-viewer"]) == 0
+    page = (out / "step-viewer-00000.html").read_text(encoding="utf-8")
+    # CompVis img2img: t_enc = int(strength * ddim_steps) = 4 steps, from the 4th-lowest of the 8 uniform timesteps
+    assert "data-steps='4'" in page and "step 1 of 4: t = 376 → 251" in page
