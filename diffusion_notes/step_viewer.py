@@ -39,8 +39,8 @@ import numpy as np
 import torch
 
 from .errors import SettingsError
-from .samplers import ADAMS_BASHFORTH, PRK_WARMUP_STEPS, SamplingGrid, ancestral_step, ddim_sigma, lms_coefficient
-from .samplers.unipc import unipc_coefficients
+from .samplers import (ADAMS_BASHFORTH, PRK_WARMUP_STEPS, SamplingGrid, ancestral_step, ddim_sigma, lms_coefficient,
+                       unipc_coefficients)
 from .sampling import SamplerSettings, Trajectory, sample
 
 __all__ = ["StepRecord", "step_records", "StepViewer", "watch", "LATENT_RANGE"]
@@ -89,10 +89,6 @@ def _t(t: float) -> str:
     return "end (ᾱ = 1)" if t < 0 else (f"{int(t)}" if float(t).is_integer() else f"{t:.2f}")
 
 
-def _sub(symbol: str, index) -> str:
-    return f"{symbol}<sub>{index}</sub>"
-
-
 X0, EPS, XB, ABAR = "x̂<sub>0</sub>", "ε̂", "x̄", "ᾱ"
 
 
@@ -124,7 +120,7 @@ def _ddim(grid, i, options):
     eta = float(options.get("eta", 0.0))
     sigma_t = float(ddim_sigma(grid.alphas_cumprod[i], grid.alphas_cumprod[i + 1], eta))
     lines, c = _ddim_lines(a_t, a_prev, sigma_t, EPS)
-    lines.insert(2, f"σ<sub>t</sub> = η·√((1 − {ABAR}<sub>prev</sub>)/(1 − {ABAR}<sub>t</sub>))·√(1 − {ABAR}<sub>t</sub>/{ABAR}<sub>prev</sub>)"
+    lines.insert(0, f"σ<sub>t</sub> = η·√((1 − {ABAR}<sub>prev</sub>)/(1 − {ABAR}<sub>t</sub>))·√(1 − {ABAR}<sub>t</sub>/{ABAR}<sub>prev</sub>)"
                     f" = {_num(sigma_t)}  (Eq. 16, η = {_num(eta)})")
     return "DDIM, DDIM Eq. 12", lines, {"eta": eta, **c}
 
@@ -188,12 +184,14 @@ def _pndm(grid, i, options):
     return "PNDM warm-up, PNDM Eq. 13", [*prk, *lines], {"t_mid": float(t_mid), "a_mid": a_mid, **c}
 
 
-def _sigma_lines(sigma: float, sigma_next: float) -> tuple[list[str], dict]:
+def _sigma_lines(sigma: float, sigma_next: float, slope: bool = True) -> tuple[list[str], dict]:
+    """x̄ from x_t (and, with ``slope``, the ODE's slope d_i, Karras Eq. 3) with their numbers."""
     c = {"sigma": sigma, "sigma_next": sigma_next, "sqrt(sigma^2+1)": math.sqrt(sigma**2 + 1),
          "sqrt(sigma_next^2+1)": math.sqrt(sigma_next**2 + 1)}
-    lines = [f"{XB}<sub>i</sub> = √(σ<sub>i</sub>² + 1)·x<sub>t</sub> = {_num(c['sqrt(sigma^2+1)'])}·x<sub>t</sub>,  "
-             f"d<sub>i</sub> = ({XB}<sub>i</sub> − {X0})/σ<sub>i</sub> = ({XB}<sub>i</sub> − {X0})/{_num(sigma)}"]
-    return lines, c
+    line = f"{XB}<sub>i</sub> = √(σ<sub>i</sub>² + 1)·x<sub>t</sub> = {_num(c['sqrt(sigma^2+1)'])}·x<sub>t</sub>"
+    if slope:
+        line += f",  d<sub>i</sub> = ({XB}<sub>i</sub> − {X0})/σ<sub>i</sub> = ({XB}<sub>i</sub> − {X0})/{_num(sigma)}"
+    return [line], c
 
 
 def _back_to_vp(sigma_next: float) -> str:
@@ -262,8 +260,7 @@ def _first_order_lines(sigma, sigma_next, d_name):
 
 def _dpmpp_2m(grid, i, options):
     sigma, sigma_next = _sigmas(grid, i)
-    lines, c = _sigma_lines(sigma, sigma_next)
-    lines = lines[:1]
+    lines, c = _sigma_lines(sigma, sigma_next, slope=False)
     name = "DPM++ 2M, Lu et al. 2022b Alg. 2"
     if sigma_next == 0:
         return name, lines + [f"{XB}<sub>i+1</sub> = {X0}  (to σ = 0: first order, the denoised value itself)"], {**c}
@@ -282,8 +279,7 @@ def _dpmpp_2m(grid, i, options):
 def _dpmpp_2m_sde(grid, i, options):
     sigma, sigma_next = _sigmas(grid, i)
     eta, s_noise = float(options.get("eta", 1.0)), float(options.get("s_noise", 1.0))
-    lines, c = _sigma_lines(sigma, sigma_next)
-    lines = lines[:1]
+    lines, c = _sigma_lines(sigma, sigma_next, slope=False)
     name = "DPM++ 2M SDE (k-diffusion sample_dpmpp_2m_sde, midpoint)"
     if sigma_next == 0:
         return name, lines + [f"{XB}<sub>i+1</sub> = {X0}  (to σ = 0: the denoised value itself)"], c
@@ -327,8 +323,7 @@ def _unipc(grid, i, options):
     sigma, sigma_next = _sigmas(grid, i)
     N, order = grid.num_steps, int(options.get("order", 2))
     p = min(order, N - i, i + 1)
-    lines, c = _sigma_lines(sigma, sigma_next)
-    lines = lines[:1]
+    lines, c = _sigma_lines(sigma, sigma_next, slope=False)
     if i > 0:
         lines.append(f"UniC first: {XB}<sub>i</sub> is recomputed from level i−1 with this step's D<sub>i</sub> appended (no model call)")
     name = "UniPC (bh2), Zhao et al. 2023 Alg. 2"
@@ -429,7 +424,7 @@ def _channels_frame(batch: torch.Tensor) -> np.ndarray:
     return np.concatenate([x for row in rows for x in (row, gap)][:-1], axis=0)
 
 
-def _cloud_frame(points: torch.Tensor, limit: float, bins: int = 96) -> np.ndarray:
+def _cloud_frame(points: torch.Tensor, limit: float, bins: int = 80) -> np.ndarray:
     """(N, 2) points -> a 2-D histogram over [-limit, limit]² (dark = dense), y upwards."""
     p = points.detach().double().cpu().numpy()
     counts, _, _ = np.histogram2d(p[:, 1], p[:, 0], bins=bins, range=[[-limit, limit], [-limit, limit]])
@@ -438,37 +433,31 @@ def _cloud_frame(points: torch.Tensor, limit: float, bins: int = 96) -> np.ndarr
 
 
 def _frames(trajectory: Trajectory, decode: Callable | None, max_side: int, invert: bool) -> tuple[dict, dict]:
-    """Panel title -> the N + 1 frames (None where a panel has nothing to show), and the captions."""
+    """Panel title -> its N + 1 frames (PNG data URIs), and panel title -> the N + 1 captions."""
     xs, x0s = trajectory.x, trajectory.pred_x0
-    n = len(x0s)
-    shape = tuple(xs[0].shape)
-    if len(shape) == 2 and shape[1] == 2:  # a point cloud
-        limit = max(float(torch.quantile(x.detach().double().abs().cpu().flatten(), 0.995)) for x in [xs[0], xs[-1]]) * 1.05
-        state = [_png(_cloud_frame(x, limit), max_side) for x in xs]
-        pred = [_png(_cloud_frame(p, limit), max_side) for p in x0s] + [state[-1]]
-        return ({"x_t": state, "x̂₀, the step's prediction of x₀": pred},
-                {"x_t": [f"x_t: the {shape[0]} points (2-D histogram over ±{limit:.2f})"] * (n + 1),
-                 "x̂₀, the step's prediction of x₀": [""] * n + ["the sample x₀ (no step left)"]})
-    if len(shape) != 4:
-        raise SettingsError("trajectory", f"the step viewer shows images (B, C, H, W) or 2-D points (N, 2), got shape {shape}")
-    if decode is None and shape[1] in (1, 3):  # pixels
-        state = [_png(_image_frame(x, invert), max_side) for x in xs]
-        pred = [_png(_image_frame(p, invert), max_side) for p in x0s] + [state[-1]]
-        return ({"x_t": state, "x̂₀, the step's prediction of x₀": pred},
-                {"x_t": [""] * (n + 1), "x̂₀, the step's prediction of x₀": [""] * n + ["the sample x₀ (no step left)"]})
-    state = [_png(_channels_frame(x), max_side) for x in xs]
-    panels = {f"x_t: the {shape[1]} latent channels (±{LATENT_RANGE:g})": state}
-    captions = {f"x_t: the {shape[1]} latent channels (±{LATENT_RANGE:g})": [""] * (n + 1)}
-    if decode is not None:
-        with torch.no_grad():
-            pictures = [_png(_image_frame(decode(p)), max_side) for p in x0s] + [_png(_image_frame(decode(xs[-1])), max_side)]
-        panels["VAE(x̂₀), the step's prediction of the picture"] = pictures
-        captions["VAE(x̂₀), the step's prediction of the picture"] = [""] * n + ["the output: VAE(x₀)"]
+    n, shape = len(x0s), tuple(xs[0].shape)
+    if len(shape) == 2 and shape[1] == 2:  # a point cloud, one fixed square for every frame
+        limit = 1.05 * max(float(torch.quantile(x.detach().double().abs().cpu().flatten(), 0.995)) for x in (xs[0], xs[-1]))
+        draw = lambda v: _cloud_frame(v, limit)  # noqa: E731
+        note = f" ({shape[0]} points, 2-D histogram over ±{limit:.2f})"
+        x_title, x0_title = "x_t" + note, "x̂₀, the step's prediction of x₀" + note
+    elif len(shape) == 4 and decode is None and shape[1] in (1, 3):  # pictures
+        draw = lambda v: _image_frame(v, invert)  # noqa: E731
+        x_title, x0_title = "x_t", "x̂₀, the step's prediction of x₀"
+    elif len(shape) == 4:  # latents
+        draw = _channels_frame
+        x_title = f"x_t: the {shape[1]} latent channels (±{LATENT_RANGE:g})"
+        x0_title = "x̂₀: latent channels" if decode is None else "VAE(x̂₀), the step's prediction of the picture"
     else:
-        pred = [_png(_channels_frame(p), max_side) for p in x0s] + [None]
-        panels["x̂₀: latent channels"] = pred
-        captions["x̂₀: latent channels"] = [""] * (n + 1)
-    return panels, captions
+        raise SettingsError("trajectory", f"the step viewer shows images (B, C, H, W) or 2-D points (N, 2), got shape {shape}")
+    state = [_png(draw(x), max_side) for x in xs]
+    if decode is None:
+        pred = [_png(draw(p), max_side) for p in x0s] + [state[-1]]
+    else:
+        with torch.no_grad():
+            pred = [_png(_image_frame(decode(z), invert), max_side) for z in [*x0s, xs[-1]]]
+    end = "the sample x₀ (no step left)" if decode is None else "the output: VAE(x₀)"
+    return {x_title: state, x0_title: pred}, {x_title: [""] * (n + 1), x0_title: [""] * n + [end]}
 
 
 def _display_height(uri: str, target: int = 160, max_width: int = 380) -> int:

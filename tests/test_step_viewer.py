@@ -237,8 +237,11 @@ def test_point_clouds_become_histograms():
     x_T = torch.randn(500, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     viewer = watch(mixture.eps_model(sd), x_T, sd, "ddim", 5)
     assert all(len(frames) == 6 for frames in viewer.frames.values())
-    final = decoded_png(viewer.frames["x_t"][-1])
-    assert final.shape == (96, 96) and final.min() == 0  # the densest bin is black
+    states = list(viewer.frames.values())[0]
+    first, final = decoded_png(states[0]), decoded_png(states[-1])
+    assert final.shape == (80, 80) and final.min() == 0  # the densest bin is black
+    # x_T ~ N(0, I) covers many more bins than the samples, gathered on three narrow components
+    assert (final < 255).sum() < 0.5 * (first < 255).sum()
 
 
 def test_the_page_is_offline_and_self_contained(tmp_path):
