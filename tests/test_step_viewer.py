@@ -327,3 +327,11 @@ def test_img2img_step_viewer_shows_the_steps_it_ran(tmp_path):
     page = (out / "step-viewer-00000.html").read_text(encoding="utf-8")
     # CompVis img2img: t_enc = int(strength * ddim_steps) = 4 steps, from the 4th-lowest of the 8 uniform timesteps
     assert "data-steps='4'" in page and "step 1 of 4: t = 376 → 251" in page
+
+
+def test_the_miniatures_default_50_step_page_stays_small(tmp_path):
+    out = tmp_path / "out"
+    assert cli.main(["txt2img", "--prompt", "a handwritten three", "--device", "cpu", "--outdir", str(out),
+                     "--step-viewer"]) == 0
+    page = (out / "step-viewer-00000.html").read_text(encoding="utf-8")
+    assert "data-steps='50'" in page and len(page.encode()) < 300_000
