@@ -31,6 +31,8 @@ import html
 import io
 import json
 import math
+import os
+import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -622,13 +624,19 @@ class StepViewer:
                 f"<body>{self._html}</body></html>\n")
 
     def save(self, path) -> Path:
-        """Write :meth:`page` to ``path``; never replaces an existing file (SettingsError naming it)."""
+        """Write :meth:`page` to ``path``; never replaces an existing file (SettingsError naming it) and never
+        leaves a partial one: the complete page is written under a hidden name, then hard-linked to ``path``
+        (as :func:`~diffusion_notes.images.save_png` does)."""
         path = Path(path)
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
         try:
-            with open(path, "x", encoding="utf-8") as f:
+            with open(tmp, "x", encoding="utf-8") as f:
                 f.write(self.page())
+            os.link(tmp, path)
         except FileExistsError:
             raise SettingsError("path", f"{path} already exists; the step viewer never replaces a file, choose another name") from None
+        finally:
+            tmp.unlink(missing_ok=True)
         return path
 
     @classmethod

@@ -256,6 +256,7 @@ def test_the_page_is_offline_and_self_contained(tmp_path):
     assert path.read_text(encoding="utf-8") == page
     with pytest.raises(SettingsError, match="already exists"):
         viewer.save(path)  # never replaces a file
+    assert list(tmp_path.iterdir()) == [path]  # and leaves no partial one behind
     assert viewer._repr_html_() == viewer.html() and viewer.html() in page
 
 
