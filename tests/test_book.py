@@ -1,6 +1,6 @@
 """The browsable book: ``scripts/build_book.sh`` builds one static site from the notebooks and docs, and a
-real headless browser (Debian's chromium) shows formulas rendered by MathJax, figures loaded, and every
-internal link resolving.
+real headless browser (Debian's chromium) shows formulas rendered by MathJax, figures loaded, every
+internal link resolving, and notebook 5's step viewer playing.
 
 Without chromium the browser checks skip with the reason; in CI (``CI`` set) a missing chromium fails, since
 ``.ci/run`` installs it. The link checks need no browser.

@@ -177,25 +177,52 @@ def test_sigma_coefficients_redo_each_step(sampler):
         assert torch.allclose(x_next, xs[i + 1], rtol=0, atol=1e-9), f"step {i}"
 
 
-def test_ddpm_coefficients_redo_the_noiseless_last_step():
+def _noises(shape):
+    """The run's noise draws, in order: the generator of ``run`` (seed 1), standard normal, float64."""
+    generator = torch.Generator().manual_seed(1)
+    while True:
+        yield torch.randn(shape, generator=generator, dtype=torch.float64)
+
+
+def test_ddpm_coefficients_redo_each_step_with_the_runs_noise():
     viewer, trajectory = run("ddpm", steps=5)
     xs, x0s = _tensors(trajectory)
-    c = viewer.records[-1].coefficients
-    assert c["noise_std"] == 0
-    assert torch.allclose(c["coef_x0"] * x0s[-1] + c["coef_xt"] * xs[-2], xs[-1], rtol=0, atol=1e-12)
-    # the posterior variance of Eq. 7 for the other steps, against its closed form
-    rec = viewer.records[0]
-    beta = 1 - rec.alpha_cumprod / rec.alpha_cumprod_next
-    assert rec.coefficients["noise_std"] ** 2 == pytest.approx(beta * (1 - rec.alpha_cumprod_next) / (1 - rec.alpha_cumprod), rel=1e-12)
+    noises = _noises(xs[0].shape)
+    for i, rec in enumerate(viewer.records):
+        c = rec.coefficients
+        z = next(noises) if i + 1 < len(viewer.records) else 0  # Alg. 2: no noise on the last step
+        assert torch.allclose(c["coef_x0"] * x0s[i] + c["coef_xt"] * xs[i] + c["noise_std"] * z, xs[i + 1],
+                              rtol=0, atol=1e-10), f"step {i}"
+        beta = 1 - rec.alpha_cumprod / rec.alpha_cumprod_next  # the posterior variance of Eq. 7, closed form
+        if i + 1 < len(viewer.records):
+            assert c["noise_std"] ** 2 == pytest.approx(beta * (1 - rec.alpha_cumprod_next) / (1 - rec.alpha_cumprod), rel=1e-12)
+    assert viewer.records[-1].coefficients["noise_std"] == 0
 
 
-def test_ancestral_split_keeps_the_noise_level():
-    viewer, _ = run("euler_a")
-    for rec in viewer.records[:-1]:
+def test_ddim_with_eta_redoes_each_step_with_the_runs_noise():
+    viewer, trajectory = run("ddim", eta=0.7)
+    xs, x0s = _tensors(trajectory)
+    noises = _noises(xs[0].shape)
+    for i, rec in enumerate(viewer.records):
+        c = rec.coefficients
+        eps = (xs[i] - c["sqrt(a_t)"] * x0s[i]) / c["sqrt(1-a_t)"]
+        expected = c["sqrt(a_prev)"] * x0s[i] + c["sqrt(1-a_prev-sigma_t^2)"] * eps + c["sigma_t"] * next(noises)
+        assert torch.allclose(expected, xs[i + 1], rtol=0, atol=1e-10), f"step {i}"
+        assert c["sigma_t"] > 0 and c["eta"] == 0.7
+
+
+def test_euler_ancestral_redoes_each_step_with_the_runs_noise():
+    viewer, trajectory = run("euler_a")
+    xs, x0s = _tensors(trajectory)
+    noises = _noises(xs[0].shape)
+    for i, rec in enumerate(viewer.records):
         c = rec.coefficients
         assert c["sigma_down"] ** 2 + c["sigma_up"] ** 2 == pytest.approx(rec.sigma_next**2, rel=1e-12)
-        assert c["noise_std"] == c["sigma_up"] > 0
-    assert viewer.records[-1].coefficients["noise_std"] == 0  # no noise drawn on the step to sigma = 0
+        xb = xs[i] * c["sqrt(sigma^2+1)"]
+        z = next(noises) if c["noise_std"] > 0 else 0  # no noise drawn on the step to sigma = 0
+        xb_next = xb + c["sigma_down-sigma"] * (xb - x0s[i]) / rec.sigma + c["noise_std"] * z
+        assert torch.allclose(xb_next / c["sqrt(sigma_next^2+1)"], xs[i + 1], rtol=0, atol=1e-10), f"step {i}"
+    assert viewer.records[-1].coefficients["noise_std"] == 0 and viewer.records[0].coefficients["noise_std"] > 0
 
 
 # --------------------------------------------------------------------------------------------
