@@ -225,6 +225,40 @@ def test_euler_ancestral_redoes_each_step_with_the_runs_noise():
     assert viewer.records[-1].coefficients["noise_std"] == 0 and viewer.records[0].coefficients["noise_std"] > 0
 
 
+def test_heun_redoes_each_step_with_its_second_evaluation():
+    viewer, trajectory = run("heun")
+    xs, x0s = _tensors(trajectory)
+    for i, rec in enumerate(viewer.records):
+        c = rec.coefficients
+        xb = xs[i] * c["sqrt(sigma^2+1)"]
+        d = (xb - x0s[i]) / rec.sigma
+        x_euler = xb + c["sigma_next-sigma"] * d
+        if rec.sigma_next == 0:
+            xb_next = x_euler
+        else:  # the slope at the Euler guess: D = x_bar - sigma * eps(x_bar / sqrt(sigma^2 + 1), t)
+            eps = dummy_eps(x_euler / c["sqrt(sigma_next^2+1)"], torch.full((2,), rec.t_next, dtype=torch.float64))
+            d_next = eps  # (x_bar - D) / sigma = eps
+            xb_next = xb + c["sigma_next-sigma"] * (d + d_next) / 2
+        assert torch.allclose(xb_next / c["sqrt(sigma_next^2+1)"], xs[i + 1], rtol=0, atol=1e-10), f"step {i}"
+
+
+def test_dpmpp_2m_sde_redoes_each_step_with_the_runs_noise():
+    viewer, trajectory = run("dpmpp_2m_sde", sigma_schedule="karras")
+    xs, x0s = _tensors(trajectory)
+    noises = _noises(xs[0].shape)
+    for i, rec in enumerate(viewer.records):
+        c = rec.coefficients
+        if rec.sigma_next == 0:
+            xb_next = x0s[i]  # the denoised value itself
+        else:
+            xb = xs[i] * c["sqrt(sigma^2+1)"]
+            xb_next = c["coef_x"] * xb + c["coef_D"] * x0s[i] + c["noise_std"] * next(noises)
+            if i:
+                xb_next = xb_next + c["coef_D-D_prev"] * (x0s[i] - x0s[i - 1])
+            assert c["coef_x"] == pytest.approx(rec.sigma_next / rec.sigma * math.exp(-c["eta"] * c["h"]), rel=1e-12)
+        assert torch.allclose(xb_next / math.sqrt(rec.sigma_next**2 + 1), xs[i + 1], rtol=0, atol=1e-10), f"step {i}"
+
+
 # --------------------------------------------------------------------------------------------
 # the frames and the page
 # --------------------------------------------------------------------------------------------
