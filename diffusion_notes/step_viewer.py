@@ -32,6 +32,7 @@ import io
 import json
 import math
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,7 +79,7 @@ class StepRecord:
 
 
 def _num(v: float) -> str:
-    """A number for the page: 4 significant digits, scientific only when tiny or huge."""
+    """A number for the page: 4 significant digits (scientific only when tiny or huge), a true minus sign."""
     v = float(v)
     if v == 0:
         return "0"
@@ -91,7 +92,16 @@ def _t(t: float) -> str:
     return "end (ᾱ = 1)" if t < 0 else (f"{int(t)}" if float(t).is_integer() else f"{t:.2f}")
 
 
-X0, EPS, XB, ABAR = "x̂<sub>0</sub>", "ε̂", "x̄", "ᾱ"
+_MARKUP = [(re.compile(r"_\[([^\]]*)\]"), r"<sub>\1</sub>"), (re.compile(r"\^\[([^\]]*)\]"), r"<sup>\1</sup>"),
+           (re.compile(r"_([0-9A-Za-z])"), r"<sub>\1</sub>")]
+
+
+def _html(line: str) -> str:
+    """A formula line written with ``_i`` / ``_[i+1]`` for subscripts and ``^[−h]`` for superscripts -> HTML."""
+    line = html.escape(line, quote=False)
+    for pattern, replacement in _MARKUP:
+        line = pattern.sub(replacement, line)
+    return line
 
 
 def _signed(coefficient: float, term: str) -> str:
@@ -99,48 +109,48 @@ def _signed(coefficient: float, term: str) -> str:
     return f" {'−' if coefficient < 0 else '+'} {_num(abs(coefficient))}·{term}"
 
 
+# Each formula function returns (the rule's name, its lines in the markup of _html, its coefficients by the
+# names the sampler's code uses). x̂_0 is the step's pred_x0 (k-diffusion's denoised D_i).
+
+
 def _ddim_lines(a_t: float, a_prev: float, sigma_t: float | None, eps: str) -> tuple[list[str], dict]:
     """DDIM Eq. 12 with its numbers (``eps``: the noise estimate it is given, ε̂ or PLMS's ε̂′); ``sigma_t=None``:
     the transfer φ of PNDM Eq. 9, which has no noise term."""
     c = {"a_t": a_t, "a_prev": a_prev, "sqrt(a_t)": a_t**0.5, "sqrt(1-a_t)": (1 - a_t) ** 0.5, "sqrt(a_prev)": a_prev**0.5}
-    lines = [f"{X0} = (x<sub>t</sub> − √(1 − {ABAR}<sub>t</sub>)·{eps}) / √{ABAR}<sub>t</sub>"
-             f" = (x<sub>t</sub> − {_num(c['sqrt(1-a_t)'])}·{eps}) / {_num(c['sqrt(a_t)'])}"]
+    lines = [f"x̂_0 = (x_t − √(1 − ᾱ_t)·{eps}) / √ᾱ_t = (x_t − {_num(c['sqrt(1-a_t)'])}·{eps}) / {_num(c['sqrt(a_t)'])}"]
     if sigma_t is None:
         c["sqrt(1-a_prev)"] = (1 - a_prev) ** 0.5
-        lines += [f"x<sub>prev</sub> = √{ABAR}<sub>prev</sub>·{X0} + √(1 − {ABAR}<sub>prev</sub>)·{eps}",
-                  f"x<sub>prev</sub> = {_num(c['sqrt(a_prev)'])}·{X0} + {_num(c['sqrt(1-a_prev)'])}·{eps}"]
-        return lines, c
+        return lines + [f"x_[prev] = √ᾱ_[prev]·x̂_0 + √(1 − ᾱ_[prev])·{eps}",
+                        f"x_[prev] = {_num(c['sqrt(a_prev)'])}·x̂_0 + {_num(c['sqrt(1-a_prev)'])}·{eps}"], c
     c["sqrt(1-a_prev-sigma_t^2)"] = max(1 - a_prev - sigma_t**2, 0.0) ** 0.5
     c["sigma_t"] = sigma_t
-    lines += [f"x<sub>prev</sub> = √{ABAR}<sub>prev</sub>·{X0} + √(1 − {ABAR}<sub>prev</sub> − σ<sub>t</sub>²)·{eps} + σ<sub>t</sub>·z",
-              f"x<sub>prev</sub> = {_num(c['sqrt(a_prev)'])}·{X0} + {_num(c['sqrt(1-a_prev-sigma_t^2)'])}·{eps} + {_num(sigma_t)}·z"]
-    return lines, c
+    return lines + [f"x_[prev] = √ᾱ_[prev]·x̂_0 + √(1 − ᾱ_[prev] − σ_t²)·{eps} + σ_t·z",
+                    f"x_[prev] = {_num(c['sqrt(a_prev)'])}·x̂_0 + {_num(c['sqrt(1-a_prev-sigma_t^2)'])}·{eps}"
+                    f" + {_num(sigma_t)}·z"], c
 
 
 def _ddim(grid, i, options):
     a_t, a_prev = float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
     eta = float(options.get("eta", 0.0))
     sigma_t = float(ddim_sigma(grid.alphas_cumprod[i], grid.alphas_cumprod[i + 1], eta))
-    lines, c = _ddim_lines(a_t, a_prev, sigma_t, EPS)
-    lines.insert(0, f"σ<sub>t</sub> = η·√((1 − {ABAR}<sub>prev</sub>)/(1 − {ABAR}<sub>t</sub>))·√(1 − {ABAR}<sub>t</sub>/{ABAR}<sub>prev</sub>)"
-                    f" = {_num(sigma_t)}  (Eq. 16, η = {_num(eta)})")
-    return "DDIM, DDIM Eq. 12", lines, {"eta": eta, **c}
+    lines, c = _ddim_lines(a_t, a_prev, sigma_t, "ε̂")
+    noise = f"σ_t = η·√((1 − ᾱ_[prev])/(1 − ᾱ_t))·√(1 − ᾱ_t/ᾱ_[prev]) = {_num(sigma_t)}  (Eq. 16, η = {_num(eta)})"
+    return "DDIM, DDIM Eq. 12", [noise, *lines], {"eta": eta, **c}
 
 
 def _ddpm(grid, i, options):
     a_t, a_prev = float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
     beta = 1 - a_t / a_prev
     c_x0, c_xt = a_prev**0.5 * beta / (1 - a_t), (1 - beta) ** 0.5 * (1 - a_prev) / (1 - a_t)
+    posterior = options.get("ddpm_variance", "posterior") == "posterior"
     last = i + 1 == grid.num_steps
-    variance = beta * (1 - a_prev) / (1 - a_t) if options.get("ddpm_variance", "posterior") == "posterior" else beta
-    std = 0.0 if last else variance**0.5
+    std = 0.0 if last else (beta * (1 - a_prev) / (1 - a_t) if posterior else beta) ** 0.5
     clip = " clipped to [−1, 1]" if options.get("clip_denoised") else ""
-    lines = [f"{X0} = (x<sub>t</sub> − {_num((1 - a_t) ** 0.5)}·{EPS}) / {_num(a_t**0.5)}{clip}",
-             f"β = 1 − {ABAR}<sub>t</sub>/{ABAR}<sub>prev</sub> = {_num(beta)}",
-             f"μ̃ = √{ABAR}<sub>prev</sub>·β/(1 − {ABAR}<sub>t</sub>)·{X0} + √(1 − β)·(1 − {ABAR}<sub>prev</sub>)/(1 − {ABAR}<sub>t</sub>)·x<sub>t</sub>"
-             f" = {_num(c_x0)}·{X0} + {_num(c_xt)}·x<sub>t</sub>  (Eq. 7)",
-             f"x<sub>prev</sub> = μ̃ + {_num(std)}·z" + ("  (last step: no noise, Alg. 2)" if last else
-                                                      f"  (σ² = {'β̃' if options.get('ddpm_variance', 'posterior') == 'posterior' else 'β'})")]
+    lines = [f"x̂_0 = (x_t − {_num((1 - a_t) ** 0.5)}·ε̂) / {_num(a_t**0.5)}{clip}",
+             f"β = 1 − ᾱ_t/ᾱ_[prev] = {_num(beta)}",
+             f"μ̃ = √ᾱ_[prev]·β/(1 − ᾱ_t)·x̂_0 + √(1 − β)·(1 − ᾱ_[prev])/(1 − ᾱ_t)·x_t"
+             f" = {_num(c_x0)}·x̂_0 + {_num(c_xt)}·x_t  (Eq. 7)",
+             f"x_[prev] = μ̃ + {_num(std)}·z  " + ("(last step: no noise, Alg. 2)" if last else f"(σ² = {'β̃' if posterior else 'β'})")]
     return "DDPM, DDPM Eq. 6-7 and Alg. 2", lines, {"a_t": a_t, "a_prev": a_prev, "beta": beta, "coef_x0": c_x0,
                                                     "coef_xt": c_xt, "noise_std": std}
 
@@ -148,10 +158,10 @@ def _ddpm(grid, i, options):
 def _adams_bashforth_line(history: int) -> tuple[str, dict]:
     order = min(history + 1, 4)
     weights, denominator = ADAMS_BASHFORTH[order]
-    names = [f"{EPS}<sub>t</sub>"] + [f"{EPS}<sub>t+{k}δ</sub>" if k > 1 else f"{EPS}<sub>t+δ</sub>" for k in range(1, order)]
+    names = ["ε̂_t", "ε̂_[t+δ]", "ε̂_[t+2δ]", "ε̂_[t+3δ]"]
     terms = "".join(f"{'' if k == 0 else (' − ' if w < 0 else ' + ')}{abs(w)}·{n}" for k, (w, n) in enumerate(zip(weights, names)))
-    line = (f"{EPS}′ = ({terms}) / {denominator}  (PNDM Eq. 12, Adams-Bashforth order {order}; "
-            f"{EPS}<sub>t+kδ</sub>: the raw outputs of the k-th previous step)")
+    line = (f"ε̂′ = ({terms}) / {denominator}  (PNDM Eq. 12, Adams-Bashforth order {order}; "
+            "ε̂_[t+kδ]: the raw output of the k-th previous step)")
     keys = ["w(e_t)", "w(e_t+δ)", "w(e_t+2δ)", "w(e_t+3δ)"]
     return line, {k: w / denominator for k, w in zip(keys, weights)}
 
@@ -161,12 +171,12 @@ def _plms(grid, i, options, history=None):
     history = min(i, 3) if history is None else history
     if history == 0:
         t_next = float(grid.timesteps[min(i + 1, grid.num_steps - 1)])
-        first = (f"{EPS}′ = ({EPS}(x<sub>t</sub>, t) + {EPS}(x′, {_t(t_next)}))/2, x′ = the DDIM step with {EPS}  "
+        first = (f"ε̂′ = (ε̂(x_t, t) + ε̂(x′, {_t(t_next)}))/2, x′ = the DDIM step with ε̂  "
                  "(pseudo improved Euler: 2 model calls)")
         weights = {"w(e_t)": 0.5, "w(e(x', t_next))": 0.5}
     else:
         first, weights = _adams_bashforth_line(history)
-    lines, c = _ddim_lines(a_t, a_prev, None, f"{EPS}′")
+    lines, c = _ddim_lines(a_t, a_prev, None, "ε̂′")
     return "PLMS, PNDM Eq. 12 then the DDIM transfer (Eq. 9)", [first, *lines], {**weights, **c}
 
 
@@ -178,11 +188,10 @@ def _pndm(grid, i, options):
     t_prev = int(grid.timesteps[i + 1]) if i + 1 < grid.num_steps else 0
     t_mid = int(t) - (int(t) - t_prev) // 2
     a_t, a_prev, a_mid = float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1]), grid.alpha_at(t_mid)
-    lines, c = _ddim_lines(a_t, a_prev, None, f"{EPS}′")
-    prk = [f"e<sub>1</sub> = {EPS}(x<sub>t</sub>, {_t(t)}), e<sub>2</sub> = {EPS}(φ(x<sub>t</sub>, e<sub>1</sub>), {t_mid}), "
-           f"e<sub>3</sub> = {EPS}(φ(x<sub>t</sub>, e<sub>2</sub>), {t_mid}), e<sub>4</sub> = {EPS}(φ(x<sub>t</sub>, e<sub>3</sub>), {t_prev})"
-           f"  (midpoint ᾱ = {_num(a_mid)})",
-           f"{EPS}′ = (e<sub>1</sub> + 2e<sub>2</sub> + 2e<sub>3</sub> + e<sub>4</sub>)/6  (PNDM Eq. 13, pseudo Runge-Kutta warm-up: 4 model calls)"]
+    lines, c = _ddim_lines(a_t, a_prev, None, "ε̂′")
+    prk = [f"e_1 = ε̂(x_t, {_t(t)}), e_2 = ε̂(φ(x_t, e_1), {t_mid}), e_3 = ε̂(φ(x_t, e_2), {t_mid}), "
+           f"e_4 = ε̂(φ(x_t, e_3), {t_prev})  (midpoint ᾱ = {_num(a_mid)})",
+           "ε̂′ = (e_1 + 2e_2 + 2e_3 + e_4)/6  (PNDM Eq. 13, pseudo Runge-Kutta warm-up: 4 model calls)"]
     return "PNDM warm-up, PNDM Eq. 13", [*prk, *lines], {"t_mid": float(t_mid), "a_mid": a_mid, **c}
 
 
@@ -190,14 +199,14 @@ def _sigma_lines(sigma: float, sigma_next: float, slope: bool = True) -> tuple[l
     """x̄ from x_t (and, with ``slope``, the ODE's slope d_i, Karras Eq. 3) with their numbers."""
     c = {"sigma": sigma, "sigma_next": sigma_next, "sqrt(sigma^2+1)": math.sqrt(sigma**2 + 1),
          "sqrt(sigma_next^2+1)": math.sqrt(sigma_next**2 + 1)}
-    line = f"{XB}<sub>i</sub> = √(σ<sub>i</sub>² + 1)·x<sub>t</sub> = {_num(c['sqrt(sigma^2+1)'])}·x<sub>t</sub>"
+    line = f"x̄_i = √(σ_i² + 1)·x_t = {_num(c['sqrt(sigma^2+1)'])}·x_t"
     if slope:
-        line += f",  d<sub>i</sub> = ({XB}<sub>i</sub> − {X0})/σ<sub>i</sub> = ({XB}<sub>i</sub> − {X0})/{_num(sigma)}"
+        line += f",  d_i = (x̄_i − x̂_0)/σ_i = (x̄_i − x̂_0)/{_num(sigma)}"
     return [line], c
 
 
 def _back_to_vp(sigma_next: float) -> str:
-    return f"x<sub>t</sub> at the next level = {XB}<sub>i+1</sub> / √(σ<sub>i+1</sub>² + 1) = {XB}<sub>i+1</sub> / {_num(math.sqrt(sigma_next**2 + 1))}"
+    return f"x_t at the next level = x̄_[i+1] / √(σ_[i+1]² + 1) = x̄_[i+1] / {_num(math.sqrt(sigma_next**2 + 1))}"
 
 
 def _sigmas(grid, i):
@@ -207,8 +216,7 @@ def _sigmas(grid, i):
 def _euler(grid, i, options):
     sigma, sigma_next = _sigmas(grid, i)
     lines, c = _sigma_lines(sigma, sigma_next)
-    lines += [f"{XB}<sub>i+1</sub> = {XB}<sub>i</sub> + (σ<sub>i+1</sub> − σ<sub>i</sub>)·d<sub>i</sub>"
-              f" = {XB}<sub>i</sub>{_signed(sigma_next - sigma, 'd<sub>i</sub>')}", _back_to_vp(sigma_next)]
+    lines += [f"x̄_[i+1] = x̄_i + (σ_[i+1] − σ_i)·d_i = x̄_i{_signed(sigma_next - sigma, 'd_i')}", _back_to_vp(sigma_next)]
     return "Euler, Karras et al. 2022 Alg. 2 (no churn)", lines, {**c, "sigma_next-sigma": sigma_next - sigma}
 
 
@@ -217,13 +225,11 @@ def _heun(grid, i, options):
     lines, c = _sigma_lines(sigma, sigma_next)
     dt = sigma_next - sigma
     if sigma_next == 0:
-        lines += [f"{XB}<sub>i+1</sub> = {XB}<sub>i</sub>{_signed(dt, 'd<sub>i</sub>')}  (to σ = 0: an Euler step, 1 model call)"]
+        lines += [f"x̄_[i+1] = x̄_i{_signed(dt, 'd_i')}  (to σ = 0: an Euler step, 1 model call)"]
     else:
-        lines += [f"{XB}′ = {XB}<sub>i</sub>{_signed(dt, 'd<sub>i</sub>')},  "
-                  f"{XB}<sub>i+1</sub> = {XB}<sub>i</sub> + (σ<sub>i+1</sub> − σ<sub>i</sub>)·(d<sub>i</sub> + d({XB}′; σ<sub>i+1</sub>))/2",
-                  f"{XB}<sub>i+1</sub> = {XB}<sub>i</sub>{_signed(dt / 2, '(d<sub>i</sub> + d′)')}  (2 model calls)"]
-    lines.append(_back_to_vp(sigma_next))
-    return "Heun, Karras et al. 2022 Alg. 1", lines, {**c, "sigma_next-sigma": dt}
+        lines += [f"x̄′ = x̄_i{_signed(dt, 'd_i')},  x̄_[i+1] = x̄_i + (σ_[i+1] − σ_i)·(d_i + d(x̄′; σ_[i+1]))/2",
+                  f"x̄_[i+1] = x̄_i{_signed(dt / 2, '(d_i + d′)')}  (2 model calls)"]
+    return "Heun, Karras et al. 2022 Alg. 1", [*lines, _back_to_vp(sigma_next)], {**c, "sigma_next-sigma": dt}
 
 
 def _euler_a(grid, i, options):
@@ -232,10 +238,10 @@ def _euler_a(grid, i, options):
     sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
     noise = s_noise * sigma_up if sigma_next > 0 and sigma_up > 0 else 0.0
     lines, c = _sigma_lines(sigma, sigma_next)
-    lines += [f"σ<sub>up</sub> = min(σ<sub>i+1</sub>, η·√(σ<sub>i+1</sub>²(σ<sub>i</sub>² − σ<sub>i+1</sub>²)/σ<sub>i</sub>²)) = {_num(sigma_up)},"
-              f"  σ<sub>down</sub> = √(σ<sub>i+1</sub>² − σ<sub>up</sub>²) = {_num(sigma_down)}",
-              f"{XB}<sub>i+1</sub> = {XB}<sub>i</sub> + (σ<sub>down</sub> − σ<sub>i</sub>)·d<sub>i</sub> + s<sub>noise</sub>·σ<sub>up</sub>·z"
-              f" = {XB}<sub>i</sub>{_signed(sigma_down - sigma, 'd<sub>i</sub>')} + {_num(noise)}·z", _back_to_vp(sigma_next)]
+    lines += [f"σ_[up] = min(σ_[i+1], η·√(σ_[i+1]²(σ_i² − σ_[i+1]²)/σ_i²)) = {_num(sigma_up)},"
+              f"  σ_[down] = √(σ_[i+1]² − σ_[up]²) = {_num(sigma_down)}",
+              f"x̄_[i+1] = x̄_i + (σ_[down] − σ_i)·d_i + s_[noise]·σ_[up]·z"
+              f" = x̄_i{_signed(sigma_down - sigma, 'd_i')} + {_num(noise)}·z", _back_to_vp(sigma_next)]
     return "Euler ancestral (k-diffusion sample_euler_ancestral)", lines, {
         **c, "eta": eta, "sigma_down": sigma_down, "sigma_up": sigma_up, "sigma_down-sigma": sigma_down - sigma,
         "noise_std": noise}
@@ -246,18 +252,22 @@ def _lms(grid, i, options):
     order = min(i + 1, int(options.get("order", 4)))
     cs = [lms_coefficient(grid.sigmas, i, j, order) for j in range(order)]
     lines, c = _sigma_lines(sigma, sigma_next)
-    terms = "".join(_signed(cj, f"d<sub>i−{j}</sub>" if j else "d<sub>i</sub>") for j, cj in enumerate(cs))
-    lines += [f"{XB}<sub>i+1</sub> = {XB}<sub>i</sub> + Σ<sub>j</sub> c<sub>ij</sub>·d<sub>i−j</sub>,  c<sub>ij</sub> = ∫ over [σ<sub>i</sub>, σ<sub>i+1</sub>]"
-              f" of the j-th Lagrange basis polynomial (order {order})",
-              f"{XB}<sub>i+1</sub> = {XB}<sub>i</sub>{terms}", _back_to_vp(sigma_next)]
+    terms = "".join(_signed(cj, f"d_[i−{j}]" if j else "d_i") for j, cj in enumerate(cs))
+    lines += [f"x̄_[i+1] = x̄_i + Σ_j c_[ij]·d_[i−j],  c_[ij] = ∫ over [σ_i, σ_[i+1]] of the j-th Lagrange basis polynomial"
+              f" (order {order})", f"x̄_[i+1] = x̄_i{terms}", _back_to_vp(sigma_next)]
     return "LMS, linear multistep in σ (k-diffusion sample_lms)", lines, {**c, **{f"c_i{j}": cj for j, cj in enumerate(cs)}}
 
 
-def _first_order_lines(sigma, sigma_next, d_name):
+def _first_order_line(sigma: float, sigma_next: float, d_name: str) -> tuple[float, float, float, str]:
+    """DPM-Solver++'s first-order step (= DDIM) in x̄: (h, σ_[i+1]/σ_i, −(e^[−h] − 1), its line)."""
     h = math.log(sigma / sigma_next)
     ratio, weight = sigma_next / sigma, -math.expm1(-h)
-    return h, ratio, weight, (f"{XB}<sub>i+1</sub> = (σ<sub>i+1</sub>/σ<sub>i</sub>)·{XB}<sub>i</sub> − (e<sup>−h</sup> − 1)·{d_name}"
-                              f" = {_num(ratio)}·{XB}<sub>i</sub> + {_num(weight)}·{d_name},  h = log(σ<sub>i</sub>/σ<sub>i+1</sub>) = {_num(h)}")
+    return h, ratio, weight, (f"x̄_[i+1] = (σ_[i+1]/σ_i)·x̄_i − (e^[−h] − 1)·{d_name} = {_num(ratio)}·x̄_i + {_num(weight)}·{d_name},"
+                              f"  h = log(σ_i/σ_[i+1]) = {_num(h)}")
+
+
+_TO_ZERO = "x̄_[i+1] = x̂_0  (to σ = 0: first order, the denoised value itself)"
+_NO_STEP = "x̄_[i+1] = x̄_i  (a zero-length step)"
 
 
 def _dpmpp_2m(grid, i, options):
@@ -265,16 +275,18 @@ def _dpmpp_2m(grid, i, options):
     lines, c = _sigma_lines(sigma, sigma_next, slope=False)
     name = "DPM++ 2M, Lu et al. 2022b Alg. 2"
     if sigma_next == 0:
-        return name, lines + [f"{XB}<sub>i+1</sub> = {X0}  (to σ = 0: first order, the denoised value itself)"], {**c}
-    if i == 0 or sigma_next == sigma:
-        h, ratio, weight, line = _first_order_lines(sigma, sigma_next, "D<sub>i</sub>") if sigma_next != sigma else (0.0, 1.0, 0.0, f"{XB}<sub>i+1</sub> = {XB}<sub>i</sub>")
-        return name, lines + [line + "  (first order: no previous D)", _back_to_vp(sigma_next)], {
+        return name, [*lines, _TO_ZERO], c
+    if sigma_next == sigma:
+        return name, [*lines, _NO_STEP], c
+    if i == 0:
+        h, ratio, weight, line = _first_order_line(sigma, sigma_next, "D_i")
+        return name, [*lines, line + "  (first order: no previous D)", _back_to_vp(sigma_next)], {
             **c, "h": h, "sigma_next/sigma": ratio, "-(exp(-h)-1)": weight, "w(D_i)": 1.0, "w(D_i-1)": 0.0}
-    h, ratio, weight, line = _first_order_lines(sigma, sigma_next, "D′")
+    h, ratio, weight, line = _first_order_line(sigma, sigma_next, "D′")
     r = math.log(float(grid.sigmas[i - 1]) / sigma) / h
     w0, w1 = 1 + 1 / (2 * r), -1 / (2 * r)
-    lines += [f"D′ = (1 + 1/2r)·D<sub>i</sub> − (1/2r)·D<sub>i−1</sub> = {_num(w0)}·D<sub>i</sub>{_signed(w1, 'D<sub>i−1</sub>')},"
-              f"  r = h<sub>i−1</sub>/h<sub>i</sub> = {_num(r)}  (D = {X0} of each step)", line, _back_to_vp(sigma_next)]
+    lines += [f"D′ = (1 + 1/2r)·D_i − (1/2r)·D_[i−1] = {_num(w0)}·D_i{_signed(w1, 'D_[i−1]')},"
+              f"  r = h_[i−1]/h_i = {_num(r)}  (D = x̂_0 of each step)", line, _back_to_vp(sigma_next)]
     return name, lines, {**c, "h": h, "r": r, "sigma_next/sigma": ratio, "-(exp(-h)-1)": weight, "w(D_i)": w0, "w(D_i-1)": w1}
 
 
@@ -284,17 +296,17 @@ def _dpmpp_2m_sde(grid, i, options):
     lines, c = _sigma_lines(sigma, sigma_next, slope=False)
     name = "DPM++ 2M SDE (k-diffusion sample_dpmpp_2m_sde, midpoint)"
     if sigma_next == 0:
-        return name, lines + [f"{XB}<sub>i+1</sub> = {X0}  (to σ = 0: the denoised value itself)"], c
+        return name, [*lines, _TO_ZERO], c
     if sigma_next == sigma:
-        return name, lines + [f"{XB}<sub>i+1</sub> = {XB}<sub>i</sub>  (a zero-length step)"], c
+        return name, [*lines, _NO_STEP], c
     h = math.log(sigma / sigma_next)
     ratio, weight = sigma_next / sigma * math.exp(-eta * h), -math.expm1(-h - eta * h)
     noise = sigma_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise
     correction = 0.5 * weight / (math.log(float(grid.sigmas[i - 1]) / sigma) / h) if i > 0 else 0.0
-    lines += [f"{XB}<sub>i+1</sub> = (σ<sub>i+1</sub>/σ<sub>i</sub>)e<sup>−ηh</sup>·{XB}<sub>i</sub> + (1 − e<sup>−(1+η)h</sup>)·(D<sub>i</sub> + (D<sub>i</sub> − D<sub>i−1</sub>)/2r)"
-              f" + σ<sub>i+1</sub>√(1 − e<sup>−2ηh</sup>)·s<sub>noise</sub>·z",
-              f"{XB}<sub>i+1</sub> = {_num(ratio)}·{XB}<sub>i</sub> + {_num(weight)}·D<sub>i</sub> + {_num(correction)}·(D<sub>i</sub> − D<sub>i−1</sub>)"
-              f" + {_num(noise)}·z,  h = {_num(h)}" + ("  (first step: no correction)" if i == 0 else ""), _back_to_vp(sigma_next)]
+    lines += ["x̄_[i+1] = (σ_[i+1]/σ_i)e^[−ηh]·x̄_i + (1 − e^[−(1+η)h])·(D_i + (D_i − D_[i−1])/2r)"
+              " + σ_[i+1]√(1 − e^[−2ηh])·s_[noise]·z",
+              f"x̄_[i+1] = {_num(ratio)}·x̄_i + {_num(weight)}·D_i + {_num(correction)}·(D_i − D_[i−1]) + {_num(noise)}·z,"
+              f"  h = {_num(h)}" + ("  (first step: no correction)" if i == 0 else ""), _back_to_vp(sigma_next)]
     return name, lines, {**c, "h": h, "eta": eta, "coef_x": ratio, "coef_D": weight, "coef_D-D_prev": correction,
                          "noise_std": noise}
 
@@ -305,51 +317,48 @@ def _dpmpp_2s_a(grid, i, options):
     sigma_down, sigma_up = ancestral_step(sigma, sigma_next, eta)
     noise = s_noise * sigma_up if sigma_next > 0 and sigma_up > 0 else 0.0
     lines, c = _sigma_lines(sigma, sigma_next)
-    lines += [f"σ<sub>down</sub> = {_num(sigma_down)}, σ<sub>up</sub> = {_num(sigma_up)}  (the ancestral split, η = {_num(eta)})"]
+    lines += [f"σ_[down] = {_num(sigma_down)}, σ_[up] = {_num(sigma_up)}  (the ancestral split, η = {_num(eta)})"]
     c = {**c, "sigma_down": sigma_down, "sigma_up": sigma_up, "noise_std": noise}
     if sigma_down == 0:
-        lines += [f"{XB}<sub>i+1</sub> = {XB}<sub>i</sub> + (σ<sub>down</sub> − σ<sub>i</sub>)·d<sub>i</sub> = {X0}  (to σ = 0: an Euler step)"]
+        lines += ["x̄_[i+1] = x̄_i + (σ_[down] − σ_i)·d_i = x̂_0  (to σ = 0: an Euler step)"]
     else:
         h = math.log(sigma / sigma_down)
         sigma_s = sigma * math.exp(-h / 2)
-        lines += [f"u = (σ<sub>s</sub>/σ<sub>i</sub>)·{XB}<sub>i</sub> − (e<sup>−h/2</sup> − 1)·D<sub>i</sub> = {_num(sigma_s / sigma)}·{XB}<sub>i</sub> + "
-                  f"{_num(-math.expm1(-h / 2))}·D<sub>i</sub>,  σ<sub>s</sub> = √(σ<sub>i</sub>σ<sub>down</sub>) = {_num(sigma_s)}, h = {_num(h)}",
-                  f"{XB}<sub>i+1</sub> = (σ<sub>down</sub>/σ<sub>i</sub>)·{XB}<sub>i</sub> − (e<sup>−h</sup> − 1)·D(u; σ<sub>s</sub>) + σ<sub>up</sub>·z"
-                  f" = {_num(sigma_down / sigma)}·{XB}<sub>i</sub> + {_num(-math.expm1(-h))}·D(u; σ<sub>s</sub>) + {_num(noise)}·z  (2 model calls)"]
+        lines += [f"u = (σ_s/σ_i)·x̄_i − (e^[−h/2] − 1)·D_i = {_num(sigma_s / sigma)}·x̄_i + {_num(-math.expm1(-h / 2))}·D_i,"
+                  f"  σ_s = √(σ_iσ_[down]) = {_num(sigma_s)}, h = {_num(h)}",
+                  f"x̄_[i+1] = (σ_[down]/σ_i)·x̄_i − (e^[−h] − 1)·D(u; σ_s) + σ_[up]·z = {_num(sigma_down / sigma)}·x̄_i"
+                  f" + {_num(-math.expm1(-h))}·D(u; σ_s) + {_num(noise)}·z  (2 model calls)"]
         c.update({"h": h, "sigma_s": sigma_s})
-    lines.append(_back_to_vp(sigma_next))
-    return "DPM++ 2S a, Lu et al. 2022b Alg. 1 (r = 1/2) then ancestral noise", lines, c
+    return "DPM++ 2S a, Lu et al. 2022b Alg. 1 (r = 1/2) then ancestral noise", [*lines, _back_to_vp(sigma_next)], c
 
 
 def _unipc(grid, i, options):
     sigma, sigma_next = _sigmas(grid, i)
-    N, order = grid.num_steps, int(options.get("order", 2))
-    p = min(order, N - i, i + 1)
+    p = min(int(options.get("order", 2)), grid.num_steps - i, i + 1)
     lines, c = _sigma_lines(sigma, sigma_next, slope=False)
+    c["order"] = float(p)
     if i > 0:
-        lines.append(f"UniC first: {XB}<sub>i</sub> is recomputed from level i−1 with this step's D<sub>i</sub> appended (no model call)")
+        lines.append("UniC first: x̄_i is recomputed from level i−1 with this step's D_i appended (no model call)")
     name = "UniPC (bh2), Zhao et al. 2023 Alg. 2"
     if sigma_next == 0:
-        return name, lines + [f"{XB}<sub>i+1</sub> = {X0}  (to σ = 0: first order, the denoised value itself)"], {**c, "order": float(p)}
+        return name, [*lines, _TO_ZERO], c
     if sigma_next == sigma:
-        return name, lines + [f"{XB}<sub>i+1</sub> = {XB}<sub>i</sub>  (a zero-length step)"], {**c, "order": float(p)}
-    h, ratio, weight, line = _first_order_lines(sigma, sigma_next, "D<sub>i</sub>")
-    c = {**c, "order": float(p), "h": h, "sigma_next/sigma": ratio, "-(exp(-h)-1)": weight}
+        return name, [*lines, _NO_STEP], c
+    h, ratio, weight, line = _first_order_line(sigma, sigma_next, "D_i")
+    c.update({"h": h, "sigma_next/sigma": ratio, "-(exp(-h)-1)": weight})
     if p == 1:
-        lines += [line + "  (order 1)"]
+        lines.append(line + "  (order 1)")
     else:
         rks = [math.log(sigma / float(grid.sigmas[i - k])) / h for k in range(1, p)]
         rhos = unipc_coefficients([*rks, 1.0], h, p, corrector=False)
         B_h = math.expm1(-h)
-        terms = "".join(_signed(-B_h * float(rho) / rk, f"(D<sub>i−{k + 1}</sub> − D<sub>i</sub>)") for k, (rho, rk) in enumerate(zip(rhos, rks)))
-        lines += [f"{XB}<sub>i+1</sub> = (σ<sub>i+1</sub>/σ<sub>i</sub>)·{XB}<sub>i</sub> − (e<sup>−h</sup> − 1)·D<sub>i</sub> − B(h)·Σ<sub>k</sub> ρ<sub>k</sub>(D<sub>i−k</sub> − D<sub>i</sub>)/r<sub>k</sub>",
-                  f"{XB}<sub>i+1</sub> = {_num(ratio)}·{XB}<sub>i</sub> + {_num(weight)}·D<sub>i</sub>{terms},  h = {_num(h)}, "
-                  + ", ".join(f"r<sub>{k + 1}</sub> = {_num(rk)}, ρ<sub>{k + 1}</sub> = {_num(rho)}" for k, (rk, rho) in enumerate(zip(rks, rhos)))
-                  + f"  (order {p})"]
+        terms = "".join(_signed(-B_h * float(rho) / rk, f"(D_[i−{k + 1}] − D_i)") for k, (rho, rk) in enumerate(zip(rhos, rks)))
+        values = ", ".join(f"r_{k + 1} = {_num(rk)}, ρ_{k + 1} = {_num(rho)}" for k, (rk, rho) in enumerate(zip(rks, rhos)))
+        lines += ["x̄_[i+1] = (σ_[i+1]/σ_i)·x̄_i − (e^[−h] − 1)·D_i − B(h)·Σ_k ρ_k(D_[i−k] − D_i)/r_k",
+                  f"x̄_[i+1] = {_num(ratio)}·x̄_i + {_num(weight)}·D_i{terms},  h = {_num(h)}, {values}  (order {p})"]
         c.update({f"rho_{k + 1}": float(rho) for k, rho in enumerate(rhos)})
         c.update({f"r_{k + 1}": rk for k, rk in enumerate(rks)})
-    lines.append(_back_to_vp(sigma_next))
-    return name, lines, c
+    return name, [*lines, _back_to_vp(sigma_next)], c
 
 
 #: sampler name -> ``formula(grid, i, options) -> (name, lines, coefficients)``.
@@ -366,9 +375,10 @@ def step_records(settings: SamplerSettings, grid: SamplingGrid) -> list[StepReco
     records = []
     for i in range(grid.num_steps):
         if formula is None:  # a sampler registered later, with no formula here yet: the levels only
-            name, lines, coefficients = settings.spec.label, [settings.spec.description], {}
+            name, lines, coefficients = settings.spec.label, [html.escape(settings.spec.description)], {}
         else:
             name, lines, coefficients = formula(grid, i, options)
+            lines = [_html(line) for line in lines]
         records.append(StepRecord(i, float(grid.timesteps[i]), float(grid.timesteps[i + 1]), float(grid.alphas_cumprod[i]),
                                   float(grid.alphas_cumprod[i + 1]), float(grid.sigmas[i]), float(grid.sigmas[i + 1]),
                                   name, tuple(lines), dict(coefficients)))
