@@ -7,7 +7,8 @@ k + 1, written out twice: in symbols, and with this run's numbers (the timesteps
 :math:`\sigma`, and the coefficients the sampler's step function multiplies by). The last frame shows the
 sample itself. Everything is inside the one HTML string: the frames are small PNGs as ``data:`` URIs, the
 player (slider, previous / play / next) is a few lines of plain JavaScript, and the formulas are HTML text;
-nothing is fetched, so the page works offline, inside the book's pages and in a notebook's output.
+nothing is fetched, so the page works offline, inside the book's pages and in a notebook's output (Jupyter runs
+an output's script in a trusted notebook: a cell you ran yourself is; one opened untrusted shows the first frame).
 
 The records come from the run itself: :func:`~diffusion_notes.sampling.sample` with
 ``return_trajectory=True`` (or the pipeline's ``Generation.trajectory``) gives :math:`x_k` and
