@@ -157,6 +157,10 @@ def build_parser(command: str) -> argparse.ArgumentParser:
                         help=f"images per prompt in one batch (default {defaults['num_images']})")
     output.add_argument("--n_iter", type=int, default=1, help="batches per prompt (default 1)")
     output.add_argument("--outdir", default=OUTDIRS[command], help=f"where to write (default {OUTDIRS[command]})")
+    output.add_argument("--step-viewer", action="store_true",
+                        help="also write outdir/step-viewer-NNNNN.html per batch (NNNNN: its first sample's number): "
+                             "a slider over the steps showing x_t, the predicted image and each update with its numbers "
+                             "(decodes one prediction per step: slow for a full-size model on a CPU)")
     output.add_argument("--allow-non-finite", action="store_true",
                         help="save images even when the model produced NaN/inf (with a warning) instead of stopping")
 
@@ -203,6 +207,7 @@ def _request(args, command: str, sampler: str, prompt: str, seed: int | None, si
                     prompt_syntax=args.prompt_syntax, clip_skip=args.clip_skip, lora_dir=args.lora_dir,
                     sampler=sampler, steps=args.ddim_steps, sigma_schedule=args.schedule, eta=args.ddim_eta,
                     seed=seed, progress=True, non_finite="warn" if args.allow_non_finite else "error",
+                    return_trajectory=args.step_viewer,
                     memory=MemoryOptions(vae_slicing=args.slice_vae, vae_tiling=args.tile_vae,
                                          upcast_attention=args.upcast_attention,
                                          offload_text_encoder=args.offload_text_encoder))
@@ -513,12 +518,27 @@ def _run(command: str, args, progress: _Progress) -> int:
             for index, picture in enumerate(result.images):
                 save_png(picture, samples / f"{first + index:05}.png", result.infotext(index, model=model, vae=vae))
                 progress.saved += 1
+            if args.step_viewer:
+                _write_step_viewer(sd, outdir, result, first)
             pictures += result.images
             grid_infotext = grid_infotext or result.infotext(0, model=model, vae=vae)
             rows += 1
     _write_grid(outdir, pictures, rows, grid_infotext)
     print(f"wrote {len(pictures)} image(s) to {samples} and a grid to {outdir}", file=sys.stderr)
     return 0
+
+
+def _write_step_viewer(sd, outdir: Path, result, first: int) -> None:
+    """``--step-viewer``: the batch's steps as one offline HTML page, numbered after its first sample (or after
+    the highest viewer present, so that none is replaced)."""
+    from .step_viewer import StepViewer
+
+    if not result.trajectory.pred_x0:
+        print("note: --step-viewer: the run took no steps (strength 0), so no viewer was written", file=sys.stderr)
+        return
+    number = max(first, _next_number(outdir, r"step-viewer-(\d{5})\.html"))
+    names = ", ".join(f"samples/{first + k:05}.png" for k in range(len(result.latents)))
+    StepViewer.from_generation(sd, result, subtitle=f"the run of {names}").save(outdir / f"step-viewer-{number:05}.html")
 
 
 def _write_grid(outdir: Path, pictures: list, rows: int, infotext: str) -> None:
