@@ -259,7 +259,7 @@ def main(argv=None) -> int:
     if existing and not args.overwrite:
         print(f"error: {', '.join(existing)} exist; pass --overwrite to replace them.", file=sys.stderr)
         return 2
-    command = "python scripts/train_adapters.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = " ".join(["python scripts/train_adapters.py", *(argv if argv is not None else sys.argv[1:])])
 
     if args.only in (None, "lora"):
         print(f"LoRA: rank {args.lora_rank}, alpha {args.lora_alpha}, {args.lora_steps} steps of batch {args.batch}")
