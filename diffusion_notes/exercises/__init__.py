@@ -20,6 +20,7 @@ from . import training_and_ddim  # noqa: F401  (02)
 from . import multistep_and_guidance  # noqa: F401  (03)
 from . import samplers_training_attention  # noqa: F401  (04)
 from . import sigma_view  # noqa: F401  (05)
+from . import adapters  # noqa: F401  (06)
 from . import derive_and_predict  # noqa: F401  (07) registers its exercises in BEYOND
 from . import loops_and_bugs  # noqa: F401  (08)
 from .beyond import BEYOND
