@@ -18,10 +18,12 @@ from safetensors.torch import save_file
 from ..schedules import NoiseSchedule
 from .model import DigitsUNet, UNetConfig
 
-__all__ = ["WEIGHTS_FILE", "pretrained_path", "save_checkpoint", "load_checkpoint", "read_metadata", "load_pretrained"]
+__all__ = ["WEIGHTS_FILE", "FLOW_WEIGHTS_FILE", "pretrained_path", "load_pretrained_flow", "save_checkpoint", "load_checkpoint", "read_metadata", "load_pretrained"]
 
 #: The weights shipped with the package, relative to ``diffusion_notes/toy``.
 WEIGHTS_FILE = "weights/digits_ddpm.safetensors"
+#: The same network trained by conditional flow matching (``train-toy --objective flow``): it predicts the velocity.
+FLOW_WEIGHTS_FILE = "weights/digits_flow.safetensors"
 
 
 def save_checkpoint(model: DigitsUNet, path, schedule_name: str, num_timesteps: int, extra: dict | None = None) -> None:
@@ -61,9 +63,21 @@ def load_checkpoint(path) -> tuple[DigitsUNet, NoiseSchedule, dict[str, str]]:
     return model, schedule, metadata
 
 
-def pretrained_path() -> Path:
+def pretrained_path(weights_file: str = WEIGHTS_FILE) -> Path:
     """Where the shipped weights live inside the installed package."""
-    return Path(str(resources.files("diffusion_notes.toy").joinpath(WEIGHTS_FILE)))
+    return Path(str(resources.files("diffusion_notes.toy").joinpath(weights_file)))
+
+
+def load_pretrained_flow() -> DigitsUNet:
+    """The digits network trained by conditional flow matching (SD3's objective) with the DDPM model's recipe.
+
+    ``model(x, t, c)`` predicts the velocity :math:`\epsilon - x_0` of the straight path at the timestep
+    :math:`t = 1000\,\sigma`; sample it with :func:`diffusion_notes.flow_sampling.sample_flow`."""
+    model, _, metadata = load_checkpoint(pretrained_path(FLOW_WEIGHTS_FILE))
+    if metadata.get("parameterization") != "flow":
+        raise ValueError(f"{FLOW_WEIGHTS_FILE} is not a flow-matching checkpoint (parameterization "
+                         f"{metadata.get('parameterization')!r})")
+    return model
 
 
 def load_pretrained() -> tuple[DigitsUNet, NoiseSchedule]:

@@ -20,13 +20,14 @@ from pathlib import Path
 
 import torch
 
+from ..flow_matching import cfm_loss, flow_path, sample_logit_normal
 from ..losses import p_losses
 from ..schedules import NoiseSchedule
 from .digits import load_split
 from .model import NULL_LABEL, DigitsUNet, UNetConfig
 from .pretrained import save_checkpoint
 
-__all__ = ["TrainConfig", "TrainResult", "training_step", "update_ema", "train", "plot_loss_curve", "main"]
+__all__ = ["TrainConfig", "TrainResult", "training_step", "flow_training_step", "update_ema", "train", "plot_loss_curve", "main"]
 
 DEFAULT_OUT = "digits_ddpm.safetensors"
 
@@ -44,6 +45,13 @@ class TrainConfig:
     schedule: str = "linear"  # DDPM's linear 1e-4..0.02
     num_timesteps: int = 1000
     unet: UNetConfig = field(default_factory=UNetConfig)
+    #: "eps": DDPM's L_simple (the shipped digits_ddpm); "flow": conditional flow matching on the straight path
+    #: with SD3's logit-normal t (digits_flow). Same network, same steps, same batches.
+    objective: str = "eps"
+
+    def __post_init__(self):
+        if self.objective not in ("eps", "flow"):
+            raise ValueError(f"objective must be 'eps' or 'flow', got {self.objective!r}")
 
 
 @dataclass
@@ -68,6 +76,23 @@ def training_step(model, optimizer, x0, labels, schedule: NoiseSchedule, p_uncon
     drop = torch.rand(batch, generator=generator) < p_uncond
     c = torch.where(drop, torch.full_like(labels, NULL_LABEL), labels)
     loss = p_losses(model, x0, t, schedule, noise=noise, c=c)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def flow_training_step(model, optimizer, x0, labels, p_uncond: float, generator, num_timesteps: int = 1000) -> float:
+    r"""One gradient step of conditional flow matching (Lipman et al. 2023, Eq. 9) as SD3 trains (Esser et al. 2024):
+    :math:`t` from the logit-normal density (m = 0, s = 1), :math:`x_t = (1-t)x_0 + t\epsilon`, and a gradient step on
+    :math:`\|v_\theta(x_t, 1000\,t, c) - (\epsilon - x_0)\|^2`; the label dropout of classifier-free guidance as in
+    :func:`training_step`."""
+    batch = x0.shape[0]
+    t = sample_logit_normal(batch, generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    drop = torch.rand(batch, generator=generator) < p_uncond
+    c = torch.where(drop, torch.full_like(labels, NULL_LABEL), labels)
+    loss = cfm_loss(model(flow_path(x0, noise, t), t * num_timesteps, c), x0, noise)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -105,7 +130,11 @@ def train(config: TrainConfig = TrainConfig(), log_every: int = 250, log=print) 
     for step in range(config.steps):
         # Algorithm 1, line 2: x0 ~ q(x0), drawn with replacement from the training split.
         idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=generator)
-        losses.append(training_step(model, optimizer, images[idx], labels[idx], schedule, config.p_uncond, generator))
+        if config.objective == "flow":
+            losses.append(flow_training_step(model, optimizer, images[idx], labels[idx], config.p_uncond, generator,
+                                             config.num_timesteps))
+        else:
+            losses.append(training_step(model, optimizer, images[idx], labels[idx], schedule, config.p_uncond, generator))
         lr_schedule.step()
         update_ema(ema_model, model, config.ema_decay, step)
         if log_every and ((step + 1) % log_every == 0 or step + 1 == config.steps):
@@ -161,6 +190,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps (default: {defaults.steps})")
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed (default: {defaults.seed})")
     parser.add_argument("--loss-curve", metavar="PNG", help="also save the loss curve to this PNG file")
+    parser.add_argument("--objective", choices=("eps", "flow"), default=defaults.objective,
+                        help="eps: DDPM's L_simple (default); flow: conditional flow matching, SD3's objective")
     parser.add_argument(
         "--threads",
         type=int,
@@ -183,8 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.threads < 1:
         print(f"error: --steps and --threads must be at least 1, got {args.steps} and {args.threads}", file=sys.stderr)
         return 2
-    config = TrainConfig(steps=args.steps, seed=args.seed)
-    print(f"training the digits DDPM with {args.threads} thread(s): {config}")
+    config = TrainConfig(steps=args.steps, seed=args.seed, objective=args.objective)
+    print(f"training the digits {'flow-matching model' if config.objective == 'flow' else 'DDPM'} with {args.threads} thread(s): {config}")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -210,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
             "train_cpu_seconds": f"{result.cpu_seconds:.1f}",
             "torch_version": torch.__version__,
             "command": command,
+            "objective": config.objective,
+            **({"parameterization": "flow"} if config.objective == "flow" else {}),
         },
     )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) after {result.seconds:.1f} s ({result.cpu_seconds:.1f} s CPU)")
