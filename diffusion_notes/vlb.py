@@ -26,7 +26,7 @@ import torch
 from .forward import q_posterior_mean_variance, q_sample
 from .schedules import NoiseSchedule
 
-__all__ = ["gaussian_kl", "discretized_gaussian_log_likelihood", "reverse_variance", "p_mean",
+__all__ = ["gaussian_kl", "discretized_gaussian_log_likelihood", "reverse_variance", "learned_range_variance", "p_mean",
            "prior_term", "kl_term", "decoder_term", "eps_weight", "VariationalBound", "variational_bound", "bits_per_dim"]
 
 VARIANCES = ("posterior", "beta")
@@ -66,6 +66,19 @@ def reverse_variance(schedule: NoiseSchedule, variance: str = "posterior") -> to
     out = base.double().clone()
     out[0] = schedule.posterior_variance[1].double()
     return out
+
+
+def learned_range_variance(model_v: torch.Tensor, t: int, schedule: NoiseSchedule) -> torch.Tensor:
+    r"""Improved DDPM's learned variance (Nichol & Dhariwal 2021, Eq. 15): the network outputs :math:`v` and
+    :math:`\Sigma_\theta = \exp\big(v'\log\beta_t + (1-v')\log\tilde\beta_t\big)` with :math:`v' = (v+1)/2` mapping the output
+    range [-1, 1] to the interpolation [0, 1] (their code's ``model_var_values``): anywhere between the two fixed choices,
+    trained with :math:`L_\text{hybrid} = L_\text{simple} + 0.001\,L_\text{vlb}`. At index 0, :math:`\tilde\beta` of index 1 as in
+    :func:`reverse_variance` (diffusers clamps :math:`\tilde\beta_0 = 0` to :math:`10^{-20}` instead). diffusers:
+    ``DDPMScheduler(variance_type="learned_range")``."""
+    fraction = (model_v.double() + 1) / 2
+    log_small = torch.log(reverse_variance(schedule, "posterior")[t])
+    log_large = torch.log(schedule.betas.double()[t])
+    return torch.exp(fraction * log_large + (1 - fraction) * log_small)
 
 
 def p_mean(x_t: torch.Tensor, t: torch.Tensor, e_t: torch.Tensor, schedule: NoiseSchedule) -> torch.Tensor:

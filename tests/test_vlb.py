@@ -82,3 +82,18 @@ def test_bits_per_dim_and_bad_variance():
     assert float(vlb.bits_per_dim(torch.tensor(64 * math.log(2.0)), 64)) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="variance must be one of"):
         vlb.reverse_variance(NoiseSchedule.from_name("linear", 10), "learned")
+
+
+def test_learned_range_variance_equals_diffusers():
+    diffusers = pytest.importorskip("diffusers")
+    schedule = NoiseSchedule.from_name("linear", 1000)
+    scheduler = diffusers.DDPMScheduler(beta_schedule="linear", variance_type="learned_range")
+    g = torch.Generator().manual_seed(5)
+    for t in (1, 2, 10, 500, 999):
+        v = torch.rand(3, 1, 2, 2, generator=g) * 2 - 1
+        # diffusers returns the log-variance for "learned_range" (its step takes exp(0.5 * it) as the std)
+        log_expected = scheduler._get_variance(t, predicted_variance=v, variance_type="learned_range")
+        torch.testing.assert_close(torch.log(vlb.learned_range_variance(v, t, schedule)).float(), log_expected, rtol=1e-4, atol=1e-6)  # diffusers: float32 buffers
+    # the ends of the range are the two fixed choices
+    assert float(vlb.learned_range_variance(torch.tensor(-1.0), 10, schedule)) == pytest.approx(float(schedule.posterior_variance[10]))
+    assert float(vlb.learned_range_variance(torch.tensor(1.0), 10, schedule)) == pytest.approx(float(schedule.betas[10]))
