@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from ..edm import edm_loss, preconditioned_denoiser, sample_training_sigmas
 from ..flow_matching import cfm_loss, flow_path, sample_logit_normal
 from ..losses import p_losses
 from ..schedules import NoiseSchedule
@@ -27,9 +28,18 @@ from .digits import load_split
 from .model import NULL_LABEL, DigitsUNet, UNetConfig
 from .pretrained import save_checkpoint
 
-__all__ = ["TrainConfig", "TrainResult", "training_step", "flow_training_step", "update_ema", "train", "plot_loss_curve", "main"]
+__all__ = ["TrainConfig", "TrainResult", "training_step", "flow_training_step", "edm_training_step", "edm_network", "update_ema", "train", "plot_loss_curve", "main"]
 
 DEFAULT_OUT = "digits_ddpm.safetensors"
+OBJECTIVES = ("eps", "flow", "edm")
+#: an EDM-trained digits network sees the timestep 1000 c_noise = 250 ln(sigma) (EDM Table 1's c_noise = ln(sigma) / 4,
+#: scaled into the range its sinusoidal embedding was made for)
+EDM_TIMESTEP_SCALE = 1000.0
+
+
+def edm_network(model):
+    """F_theta(x_in, c_noise, c) of an EDM-trained :class:`DigitsUNet`: the network called at timestep 1000 c_noise."""
+    return lambda x_in, c_noise, c: model(x_in, EDM_TIMESTEP_SCALE * c_noise.to(x_in.dtype), c)
 
 
 @dataclass(frozen=True)
@@ -46,12 +56,13 @@ class TrainConfig:
     num_timesteps: int = 1000
     unet: UNetConfig = field(default_factory=UNetConfig)
     #: "eps": DDPM's L_simple (the shipped digits_ddpm); "flow": conditional flow matching on the straight path
-    #: with SD3's logit-normal t (digits_flow). Same network, same steps, same batches.
+    #: with SD3's logit-normal t (digits_flow); "edm": EDM's preconditioning, loss weight and log-normal sigma
+    #: (digits_edm). Same network, same steps, same batches.
     objective: str = "eps"
 
     def __post_init__(self):
-        if self.objective not in ("eps", "flow"):
-            raise ValueError(f"objective must be 'eps' or 'flow', got {self.objective!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
 
 
 @dataclass
@@ -99,6 +110,22 @@ def flow_training_step(model, optimizer, x0, labels, p_uncond: float, generator,
     return loss.item()
 
 
+def edm_training_step(model, optimizer, x0, labels, p_uncond: float, generator, sigma_data: float) -> float:
+    r"""One gradient step of EDM's training (Karras et al. 2022, Sec. 5, Table 1): :math:`\ln\sigma \sim \mathcal N(-1.2, 1.2^2)`,
+    the loss :math:`\lambda(\sigma)\lVert D_\theta(x_0 + \sigma n;\sigma) - x_0\rVert^2` with :math:`D_\theta` preconditioned
+    (:func:`diffusion_notes.edm.preconditioned_denoiser`), and classifier-free label dropout as :func:`training_step`."""
+    batch = x0.shape[0]
+    sigma = sample_training_sigmas(batch, generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    drop = torch.rand(batch, generator=generator) < p_uncond
+    c = torch.where(drop, torch.full_like(labels, NULL_LABEL), labels)
+    loss = edm_loss(preconditioned_denoiser(edm_network(model), sigma_data), x0, sigma, noise, c, sigma_data=sigma_data)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 @torch.no_grad()
 def update_ema(ema_model, model, decay: float, step: int) -> None:
     r"""Exponential moving average of the weights, :math:`\bar\theta \leftarrow d\bar\theta + (1-d)\theta`.
@@ -119,6 +146,7 @@ def train(config: TrainConfig = TrainConfig(), log_every: int = 250, log=print) 
     generator = torch.Generator().manual_seed(config.seed)  # batches, timesteps, noise, label dropout
     images, labels = load_split("train")
     schedule = NoiseSchedule.from_name(config.schedule, config.num_timesteps)
+    sigma_data = float(images.std())  # EDM's sigma_data: the training data's standard deviation
     model = DigitsUNet(config.unet)
     ema_model = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
@@ -130,7 +158,10 @@ def train(config: TrainConfig = TrainConfig(), log_every: int = 250, log=print) 
     for step in range(config.steps):
         # Algorithm 1, line 2: x0 ~ q(x0), drawn with replacement from the training split.
         idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=generator)
-        if config.objective == "flow":
+        if config.objective == "edm":
+            losses.append(edm_training_step(model, optimizer, images[idx], labels[idx], config.p_uncond, generator,
+                                            sigma_data))
+        elif config.objective == "flow":
             losses.append(flow_training_step(model, optimizer, images[idx], labels[idx], config.p_uncond, generator,
                                              config.num_timesteps))
         else:
@@ -190,8 +221,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps (default: {defaults.steps})")
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed (default: {defaults.seed})")
     parser.add_argument("--loss-curve", metavar="PNG", help="also save the loss curve to this PNG file")
-    parser.add_argument("--objective", choices=("eps", "flow"), default=defaults.objective,
-                        help="eps: DDPM's L_simple (default); flow: conditional flow matching, SD3's objective")
+    parser.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
+                        help="eps: DDPM's L_simple (default); flow: conditional flow matching, SD3's objective; "
+                        "edm: EDM's preconditioning and loss (Karras et al. 2022)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -215,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: --steps and --threads must be at least 1, got {args.steps} and {args.threads}", file=sys.stderr)
         return 2
     config = TrainConfig(steps=args.steps, seed=args.seed, objective=args.objective)
-    print(f"training the digits {'flow-matching model' if config.objective == 'flow' else 'DDPM'} with {args.threads} thread(s): {config}")
+    print(f"training the digits {dict(eps='DDPM', flow='flow-matching model', edm='EDM model')[config.objective]} with {args.threads} thread(s): {config}")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -243,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             "command": command,
             "objective": config.objective,
             **({"parameterization": "flow"} if config.objective == "flow" else {}),
+            **({"parameterization": "edm", "sigma_data": f"{float(load_split('train')[0].std()):.6f}"}
+               if config.objective == "edm" else {}),
         },
     )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) after {result.seconds:.1f} s ({result.cpu_seconds:.1f} s CPU)")
