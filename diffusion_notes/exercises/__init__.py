@@ -17,6 +17,7 @@ from . import multistep_and_guidance  # noqa: F401  (03)
 from . import samplers_training_attention  # noqa: F401  (04)
 from . import sigma_view  # noqa: F401  (05)
 from . import flow_matching  # noqa: F401  (11)
+from . import edm_and_bound  # noqa: F401  (12)
 from .harness import EXERCISES, checker
 
 globals().update({f"check_{name}": checker(exercise) for name, exercise in EXERCISES.items()})

@@ -1,4 +1,4 @@
-"""The flow-matching exercises (notebooks/exercises/11_flow_matching.ipynb): each checker accepts the solution,
+"""The flow-matching, EDM and bound exercises (notebooks/exercises/11_flow_matching.ipynb, 12_edm_and_bound.ipynb): each checker accepts the solution,
 rejects the typical mistakes with their hints, and reports a stub; its references equal the library's functions,
 which tests/test_flow_matching.py checks against diffusers."""
 
@@ -15,12 +15,14 @@ from diffusion_notes import flow_matching as fm
 from diffusion_notes.exercises import flow_matching as module
 from diffusion_notes.flow_sampling import flow_euler_step
 
-SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "exercises" / "solutions" / "flow_matching.py"
-NAMES = ["flow_path_and_target", "eps_from_velocity", "flow_euler_step", "sd3_shift"]
+SOLUTIONS = Path(__file__).resolve().parents[1] / "notebooks" / "exercises" / "solutions"
+NAMES = {"flow_path_and_target": "flow_matching", "eps_from_velocity": "flow_matching", "flow_euler_step": "flow_matching",
+         "sd3_shift": "flow_matching", "edm_preconditioning": "edm_and_bound", "edm_loss_weight": "edm_and_bound",
+         "gaussian_kl": "edm_and_bound", "vlb_eps_weight": "edm_and_bound"}
 
 
-def _solutions():
-    spec = importlib.util.spec_from_file_location("flow_solutions", SOLUTIONS)
+def _solutions(name):
+    spec = importlib.util.spec_from_file_location(f"{NAMES[name]}_solutions", SOLUTIONS / f"{NAMES[name]}.py")
     solutions = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(solutions)
     return solutions
@@ -29,7 +31,7 @@ def _solutions():
 @pytest.mark.parametrize("name", NAMES)
 def test_solution_accepted_and_every_listed_mistake_rejected_with_its_hint(name, capsys):
     check = getattr(exercises, f"check_{name}")
-    assert check(getattr(_solutions(), name)) is True
+    assert check(getattr(_solutions(name), name)) is True
     assert "correct" in capsys.readouterr().out
     for mistake, hint in exercises.EXERCISES[name].mistakes:
         assert check(mistake) is False
