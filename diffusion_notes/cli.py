@@ -7,6 +7,10 @@ Flags keep the names of CompVis's ``scripts/txt2img.py`` / ``scripts/img2img.py`
 numbers continuing after the highest one present, so no file is ever replaced. Each PNG carries its
 generation parameters in AUTOMATIC1111's ``parameters`` text chunk.
 
+Adapters (README "Adapters"): ``--lora FILE[:SCALE]`` and ``--embedding FILE`` (repeatable), ``--lora-dir``
+(the folder of ``<lora:name:weight>`` prompt tags, with ``--prompt-syntax a1111``) and ``--vae``; each
+file is checked (exists, readable, a LoRA / embedding / VAE by its tensor names) before the model loads.
+
 Differences from CompVis: txt2img's default sampler is PLMS (``--ddim`` for DDIM; img2img and inpaint
 default to DDIM), one image per run by default (``--n_samples 1 --n_iter 1``), each batch (one prompt,
 one iteration) gets its own seed ``seed + k``, k counting batches, so each PNG's ``Seed`` reproduces it
@@ -20,13 +24,14 @@ the model loads). Any other exception is a bug and keeps its traceback. Ctrl-C s
 130 and one line saying how many pictures were saved; no partial file is left.
 
 Why it is over 400 lines: the flags (with their ``--help`` texts) and the checks of the command
-line's own inputs (files, folders, devices), which only a command line has.
+line's own inputs (files, folders, devices, adapter files), which only a command line has.
 """
 
 from __future__ import annotations
 
 import argparse
 import inspect
+import math
 import os
 import re
 import sys
@@ -70,6 +75,7 @@ FLAGS = {
     "seed": "--seed", "height": "--H", "width": "--W", "strength": "--strength", "strength_rule": "--strength-rule",
     "image": "--init-img", "mask": "--mask", "non_finite": "--allow-non-finite", "noise_device": "--device",
     "model": "--ckpt/--model", "prompt_syntax": "--prompt-syntax", "clip_skip": "--clip-skip",
+    "lora_dir": "--lora-dir",
 }
 
 
@@ -115,6 +121,8 @@ def build_parser(command: str) -> argparse.ArgumentParser:
     model.add_argument("--model", help="a diffusers folder (with model_index.json) or a Hugging Face hub id")
     model.add_argument("--tokenizer", help="a tokenizer folder or diffusers folder, to load a --ckpt offline")
 
+    _add_adapter_flags(p)
+
     sampling = p.add_argument_group("sampling")
     sampling.add_argument("--sampler", choices=list(SAMPLERS), metavar="NAME",
                           help=f"the sampler: {', '.join(SAMPLERS)} (default {defaults['sampler']})")
@@ -149,6 +157,10 @@ def build_parser(command: str) -> argparse.ArgumentParser:
                         help=f"images per prompt in one batch (default {defaults['num_images']})")
     output.add_argument("--n_iter", type=int, default=1, help="batches per prompt (default 1)")
     output.add_argument("--outdir", default=OUTDIRS[command], help=f"where to write (default {OUTDIRS[command]})")
+    output.add_argument("--step-viewer", action="store_true",
+                        help="also write outdir/step-viewer-NNNNN.html per batch (NNNNN: its first sample's number): "
+                             "a slider over the steps showing x_t, the predicted image and each update with its numbers "
+                             "(decodes one prediction per step: slow for a full-size model on a CPU)")
     output.add_argument("--allow-non-finite", action="store_true",
                         help="save images even when the model produced NaN/inf (with a warning) instead of stopping")
 
@@ -192,9 +204,10 @@ def _request(args, command: str, sampler: str, prompt: str, seed: int | None, si
     """The :class:`~diffusion_notes.settings.Request` the flags stand for, for one prompt and seed (checked
     as it is made). ``size``: the --init-img's, for img2img and inpaint (None until it is read)."""
     keywords = dict(negative_prompt=args.negative_prompt, num_images=args.n_samples, guidance_scale=args.scale,
-                    prompt_syntax=args.prompt_syntax, clip_skip=args.clip_skip,
+                    prompt_syntax=args.prompt_syntax, clip_skip=args.clip_skip, lora_dir=args.lora_dir,
                     sampler=sampler, steps=args.ddim_steps, sigma_schedule=args.schedule, eta=args.ddim_eta,
                     seed=seed, progress=True, non_finite="warn" if args.allow_non_finite else "error",
+                    return_trajectory=args.step_viewer,
                     memory=MemoryOptions(vae_slicing=args.slice_vae, vae_tiling=args.tile_vae,
                                          upcast_attention=args.upcast_attention,
                                          offload_text_encoder=args.offload_text_encoder))
@@ -301,6 +314,114 @@ def _check_outdir(outdir: Path) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# adapters: --lora, --lora-dir, --embedding, --vae (diffusion_notes/adapters/, checkpoints/vae_file.py)
+# --------------------------------------------------------------------------------------------
+
+
+def _add_adapter_flags(p: argparse.ArgumentParser) -> None:
+    adapters = p.add_argument_group("adapters (checked before the model loads; README \"Adapters\")")
+    adapters.add_argument("--lora", action="append", default=[], metavar="FILE[:SCALE]",
+                          help="merge a LoRA file (kohya, PEFT/diffusers, LyCORIS LoHa/LoKr) with multiplier SCALE "
+                               "(default 1); repeat for several")
+    adapters.add_argument("--lora-dir", metavar="DIR",
+                          help="the folder where <lora:name:weight> prompt tags find name.safetensors/.pt/.ckpt "
+                               "(with --prompt-syntax a1111)")
+    adapters.add_argument("--embedding", action="append", default=[], metavar="FILE",
+                          help="a textual-inversion embedding (A1111 .pt/.safetensors, diffusers learned_embeds); "
+                               "its word: the token a diffusers file names, else the file name without extension; "
+                               "repeat for several")
+    adapters.add_argument("--vae", metavar="FILE_OR_FOLDER",
+                          help="decode with this VAE instead of the checkpoint's: a .safetensors/.ckpt in CompVis "
+                               "layout or a diffusers vae folder of the same family")
+
+
+def _lora_spec(spec: str) -> tuple[Path, float]:
+    """``FILE[:SCALE]`` -> (file, scale): a last ``:``-part that reads as a number is the scale."""
+    head, sep, tail = spec.rpartition(":")
+    scale = 1.0
+    if sep and head:
+        try:
+            scale = float(tail)
+        except ValueError:
+            head = spec  # a ':' inside the path
+        else:
+            if not math.isfinite(scale):
+                raise UsageError("--lora", f"--lora {spec}: the scale {tail!r} is not a finite number; "
+                                 "write FILE:0.8")
+    return Path(head if sep and head else spec), scale
+
+
+def _check_file(flag: str, spec: str, path: Path) -> None:
+    if not path.exists():
+        raise UsageError(flag, f"{flag} {spec}: no such file")
+    if not path.is_file():
+        raise UsageError(flag, f"{flag} {spec}: not a file" + (" (a folder)" if path.is_dir() else ""))
+    if not os.access(path, os.R_OK):
+        raise UsageError(flag, f"{flag} {spec}: the file cannot be read (permissions)")
+
+
+def _check_adapters(args) -> list[tuple[Path, float]]:
+    """Every adapter flag's file checked without the model: exists, readable, and a LoRA / embedding /
+    VAE by its tensor names. Returns the ``--lora`` (file, scale) pairs."""
+    from .adapters.lora_keys import check_lora_keys
+    from .adapters.textual_inversion import check_embedding_file
+    from .checkpoints.io import load_state_dict
+    from .checkpoints.safetensors_header import read_safetensors_header, starts_like_safetensors
+    from .checkpoints.vae_file import check_vae_source
+
+    loras = []
+    for spec in args.lora:
+        path, scale = _lora_spec(spec)
+        _check_file("--lora", spec, path)
+        try:
+            with open(path, "rb") as f:
+                safetensors = starts_like_safetensors(f.read(16))
+            check_lora_keys(read_safetensors_header(path).tensors if safetensors else load_state_dict(path))
+        except CheckpointError as err:
+            raise UsageError("--lora", f"--lora {spec}: {_one_line(err)}") from None
+        loras.append((path, scale))
+    for spec in args.embedding:
+        _check_file("--embedding", spec, Path(spec))
+        try:
+            check_embedding_file(spec)
+        except CheckpointError as err:
+            raise UsageError("--embedding", f"--embedding {spec}: {_one_line(err)}") from None
+    if args.vae:
+        try:
+            check_vae_source(args.vae)
+        except CheckpointError as err:
+            raise UsageError("--vae", f"--vae {args.vae}: {_one_line(err)}") from None
+    return loras
+
+
+def _one_line(err: Exception) -> str:
+    return " ".join(str(err).split())
+
+
+def _apply_adapters(sd, args, loras: list[tuple[Path, float]]):
+    """The loaded model with the VAE swapped (a new object) and the LoRAs and embeddings added; a file
+    the model refuses is reported under its flag."""
+    from .checkpoints.vae_file import load_vae
+
+    if args.vae:
+        try:
+            sd = sd.with_vae(load_vae(args.vae, torch_dtype=sd.dtype, device=sd.device))
+        except CheckpointError as err:
+            raise CheckpointError(f"--vae {args.vae}: {_one_line(err)}") from None
+    for (path, scale), spec in zip(loras, args.lora):
+        try:
+            sd.load_lora(path, scale=scale)
+        except CheckpointError as err:
+            raise CheckpointError(f"--lora {spec}: {_one_line(err)}") from None
+    for spec in args.embedding:
+        try:
+            sd.load_textual_inversion(spec)
+        except CheckpointError as err:
+            raise CheckpointError(f"--embedding {spec}: {_one_line(err)}") from None
+    return sd
+
+
+# --------------------------------------------------------------------------------------------
 # loading, generating, writing
 # --------------------------------------------------------------------------------------------
 
@@ -363,6 +484,7 @@ def _run(command: str, args, progress: _Progress) -> int:
     _request(args, command, sampler, prompts[0], args.seed)  # made = checked: every check that needs no model
     _check_run(args, prompts)
     _check_model_source(args)
+    loras = _check_adapters(args)
     _check_outdir(Path(args.outdir))
     image, mask = _images(args, command)
     size = None if image is None else ImageSize(*image.shape[-2:], from_image="image")
@@ -370,7 +492,7 @@ def _run(command: str, args, progress: _Progress) -> int:
     # the size rule and the memory estimate from the file's header, before the (slow) load
     _request(args, command, sampler, prompts[0], None, size).check_against(
         ModelGeometry.of_file(_model_source(args), device))
-    sd = _load(args, device, resolve_dtype(args.precision, device))
+    sd = _apply_adapters(_load(args, device, resolve_dtype(args.precision, device)), args, loras)
     # the same check generate() makes, here before the notes below: a refused setting prints nothing else
     _request(args, command, sampler, prompts[0], None, size).check_against(ModelGeometry.of_model(sd))
     if command != "inpaint":
@@ -382,6 +504,7 @@ def _run(command: str, args, progress: _Progress) -> int:
         print("note: running on the CPU, which is slow: expect minutes per 512x512 image", file=sys.stderr)
 
     outdir, samples, model = Path(args.outdir), progress.samples, _model_name(args)
+    vae = Path(args.vae.rstrip("/")).name if args.vae else None  # AUTOMATIC1111's "VAE: file name"
     first_seed = Seed(-1).resolve() if args.seed == -1 else args.seed
     if args.seed == -1:
         print(f"note: --seed -1: using the random seed {first_seed}", file=sys.stderr)
@@ -393,14 +516,29 @@ def _run(command: str, args, progress: _Progress) -> int:
             samples.mkdir(parents=True, exist_ok=True)
             first = _next_number(samples, r"(\d{5})\.png")
             for index, picture in enumerate(result.images):
-                save_png(picture, samples / f"{first + index:05}.png", result.infotext(index, model=model))
+                save_png(picture, samples / f"{first + index:05}.png", result.infotext(index, model=model, vae=vae))
                 progress.saved += 1
+            if args.step_viewer:
+                _write_step_viewer(sd, outdir, result, first)
             pictures += result.images
-            grid_infotext = grid_infotext or result.infotext(0, model=model)
+            grid_infotext = grid_infotext or result.infotext(0, model=model, vae=vae)
             rows += 1
     _write_grid(outdir, pictures, rows, grid_infotext)
     print(f"wrote {len(pictures)} image(s) to {samples} and a grid to {outdir}", file=sys.stderr)
     return 0
+
+
+def _write_step_viewer(sd, outdir: Path, result, first: int) -> None:
+    """``--step-viewer``: the batch's steps as one offline HTML page, numbered after its first sample (or after
+    the highest viewer present, so that none is replaced)."""
+    from .step_viewer import StepViewer
+
+    if not result.trajectory.pred_x0:
+        print("note: --step-viewer: the run took no steps (strength 0), so no viewer was written", file=sys.stderr)
+        return
+    number = max(first, _next_number(outdir, r"step-viewer-(\d{5})\.html"))
+    names = ", ".join(f"samples/{first + k:05}.png" for k in range(len(result.latents)))
+    StepViewer.from_generation(sd, result, subtitle=f"the run of {names}").save(outdir / f"step-viewer-{number:05}.html")
 
 
 def _write_grid(outdir: Path, pictures: list, rows: int, infotext: str) -> None:

@@ -25,7 +25,9 @@ One path: :func:`generate` runs every generation from a :class:`~diffusion_notes
 model's geometry). ``txt2img``, ``img2img`` and ``inpaint`` are thin doors onto it: they differ only in
 how they build the request and the initial latents (their ``begin`` functions, which return a
 :class:`Start`). Nothing here changes the model it is given: memory options apply inside
-:func:`diffusion_notes.memory.memory_context` and are undone. The VAE ends live in
+:func:`diffusion_notes.memory.memory_context` and are undone, and the LoRAs of a prompt's
+``<lora:name:weight>`` tags (``prompt_syntax="a1111"``) are merged inside
+:func:`diffusion_notes.adapters.lora.temporary_loras` and taken out exactly afterwards. The VAE ends live in
 :mod:`diffusion_notes.decoding`, strength and inpainting's blend in :mod:`diffusion_notes.init_image`,
 the PNG text in :mod:`diffusion_notes.infotext`.
 
@@ -49,12 +51,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .adapters.lora import applied_loras, temporary_loras
+from .adapters.textual_inversion import used_embeddings
 from .decoding import NonFiniteDecodeWarning, decode, decode_checked, decode_tiled, encode_image
 from .errors import CheckpointError, SettingsError
 from .geometry import ModelGeometry, default_size, is_inpainting_model, vae_factor
 from .guidance import guided_eps_model
 from .images import array_to_pil, check_image_and_mask, image_to_tensor, mask_to_tensor, tensor_to_array
-from .infotext import format_parameters, infotext_fields
+from .infotext import ADAPTER_FIELDS, adapter_fields, format_parameters, infotext_fields
 from .init_image import NoDenoisingWarning, blend_known_region, noised, strength_grids, strength_timesteps
 from .memory import memory_context
 from .noise import randn
@@ -165,8 +169,10 @@ class Generation:
         """AUTOMATIC1111's ``parameters`` text for image ``index`` (``extra``: e.g. ``model="v1-5"``)."""
         batch = len(self.prompts)
         position = {"batch_size": batch, "batch_pos": index} if batch > 1 else {}
-        return format_parameters(self.prompts[index], self.negative_prompts[index], **self.settings, **position,
-                                 **extra)
+        adapters = {k: self.settings[k] for k in ADAPTER_FIELDS if k in self.settings}  # written last, as A1111
+        settings = {k: v for k, v in self.settings.items() if k not in ADAPTER_FIELDS}
+        return format_parameters(self.prompts[index], self.negative_prompts[index], **settings, **position,
+                                 **extra, **adapters)
 
 
 # --------------------------------------------------------------------------------------------
@@ -259,17 +265,18 @@ def generate(sd: DiffusionModel, request: Request, begin: Callable | None = None
         raise SettingsError("generator", f"generator must be a torch.Generator, got {type(generator).__name__}")
     request = request.check_against(ModelGeometry.of_model(sd))
     grid = request.sampler.grid(sd.schedule)
-    with memory_context(sd, request.memory):
+    cond = request.conditioning
+    prompts, negative_prompts, tag_loras = cond.loras()  # <lora:name:w> tags out of the text (a1111 syntax)
+    with memory_context(sd, request.memory), temporary_loras(sd, tag_loras):
         generator, seed = _generator(request.seed, generator)
         start = (begin or begin_from_noise)(sd, request, grid, generator)
-        cond = request.conditioning
-        c, uc = conditioning(sd, cond.prompts, cond.negative_prompts, request.size.height, request.size.width,
+        c, uc = conditioning(sd, prompts, negative_prompts, request.size.height, request.size.width,
                              cond.original_size, tuple(cond.crops_coords_top_left), cond.target_size,
                              cond.prompt_syntax, cond.clip_skip)
         if start.c_concat is not None:
             c, uc = c | {"c_concat": start.c_concat}, uc | {"c_concat": start.c_concat}
         latents, trajectory = _denoise(sd, request, c, uc, start, generator, callback)
-        return _finish(sd, request, latents, trajectory, seed, start.records_strength)
+        return _finish(sd, request, latents, trajectory, seed, start.records_strength, prompts + negative_prompts)
 
 
 def _denoise(sd, request: Request, c: dict, uc: dict, start: Start, generator, callback):
@@ -338,8 +345,10 @@ def _refuse_non_finite(sd, tensor: torch.Tensor, what: str, policy: str) -> None
     warnings.warn(f"{error} Returning them as asked (non_finite='warn').", NonFiniteOutputWarning, stacklevel=4)
 
 
-def _finish(sd, request: Request, latents: torch.Tensor, trajectory, seed, records_strength: bool) -> Generation:
-    """Check, decode (unless ``output="latent"``) and package the result."""
+def _finish(sd, request: Request, latents: torch.Tensor, trajectory, seed, records_strength: bool,
+            encoded: list[str]) -> Generation:
+    """Check, decode (unless ``output="latent"``) and package the result. ``encoded``: the texts given to the
+    text encoder (for the embeddings named in ``TI hashes``)."""
     options = request.output
     _refuse_non_finite(sd, latents, "sampled latents", options.non_finite)
     images, arrays, pred_x0_images = [], None, None
@@ -350,7 +359,7 @@ def _finish(sd, request: Request, latents: torch.Tensor, trajectory, seed, recor
         images = array_to_pil(arrays) if options.output == "pil" else []
     if options.return_trajectory == "decoded":
         pred_x0_images = [array_to_pil(tensor_to_array(decode(sd, p, request.memory))) for p in trajectory.pred_x0]
-    fields = infotext_fields(request, seed)
+    fields = infotext_fields(request, seed) | adapter_fields(applied_loras(sd), used_embeddings(sd, encoded))
     if not records_strength:
         fields["denoising_strength"] = None
     cond = request.conditioning
@@ -464,6 +473,8 @@ def txt2img(sd: DiffusionModel, prompt, *, height: int | None = None, width: int
       ``memory`` (None)                               :class:`~diffusion_notes.settings.MemoryOptions`
       ``original_size``, ``crops_coords_top_left``,   SDXL's size conditioning (:class:`~diffusion_notes.settings.Conditioning`)
       ``target_size``
+      ``prompt_syntax`` ("plain"), ``clip_skip`` (1)  ``"a1111"``: ``(word:1.2)``, long prompts, ``<lora:name:w>`` tags
+      ``lora_dir`` (None)                             the folder those tags' files are in (``adapters.prompt_tags``)
       ==============================================  ============================================================
     """
     request = Request.build(prompt, height=height, width=width, **settings)

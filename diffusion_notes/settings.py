@@ -31,9 +31,11 @@ The checks themselves (numbers, whole numbers, choices, flags) are :mod:`diffusi
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, replace
 
+from .adapters.prompt_tags import TAG, check_lora_dir, prompt_loras
 from .checks import check_choice as _check_choice
 from .checks import check_flag as _check_flag
 from .checks import check_integer, check_real
@@ -93,7 +95,9 @@ class Conditioning:
     ``prompt_syntax``: ``"plain"`` (CompVis: brackets are characters, 77 tokens) or ``"a1111"``
     (AUTOMATIC1111's ``(word:1.2)`` emphasis and prompts of any length in 75-token chunks,
     :func:`diffusion_notes.prompts.parse_prompt_attention`); ``clip_skip``: AUTOMATIC1111's numbering
-    (1 = the last layer, 2 = the penultimate; diffusers' ``clip_skip`` is one less).
+    (1 = the last layer, 2 = the penultimate; diffusers' ``clip_skip`` is one less); ``lora_dir``: the
+    folder where the ``<lora:name:weight>`` tags of ``"a1111"`` prompts find their files (each tag is
+    checked here: its syntax, and that the folder has the file; :mod:`diffusion_notes.adapters.prompt_tags`).
     """
 
     prompt: str | tuple[str, ...] | list[str]
@@ -105,6 +109,7 @@ class Conditioning:
     target_size: tuple[int, int] | None = None
     prompt_syntax: str = "plain"
     clip_skip: int = 1
+    lora_dir: str | os.PathLike | None = None
 
     def __post_init__(self):
         _check_choice("prompt_syntax", self.prompt_syntax, PROMPT_SYNTAXES)
@@ -116,6 +121,13 @@ class Conditioning:
         if len(negatives) not in (1, len(prompts)):
             raise SettingsError("negative_prompt", f"got {len(negatives)} negative prompts for {len(prompts)} "
                                 "prompts; give one, or one per prompt")
+        if self.lora_dir is not None:
+            check_lora_dir(self.lora_dir)
+        if self.prompt_syntax == "a1111":
+            prompt_loras(prompts, negatives, self.lora_dir)  # every tag readable and its file present
+        elif self.lora_dir is not None and any(TAG.search(p) for p in prompts + negatives):
+            raise SettingsError("prompt_syntax", "a LoRA folder is given and a prompt has a <lora:...> tag, but the "
+                                "plain syntax reads tags as text; use prompt_syntax='a1111' to apply them")
         check_integer("num_images", self.num_images, 1, 4096)
         check_real("guidance_scale", self.guidance_scale, 0.0,
                    hint=" (1 = no guidance, 7.5 is Stable Diffusion's usual)")
@@ -140,6 +152,14 @@ class Conditioning:
         prompts, negatives = _prompt_list("prompt", self.prompt), _prompt_list("negative_prompt", self.negative_prompt)
         negatives = negatives * len(prompts) if len(negatives) == 1 else negatives
         return [n for n in negatives for _ in range(self.num_images)]
+
+    def loras(self) -> tuple[list[str], list[str], list]:
+        """``(prompts, negative prompts, [(file, weight), ...])``: with ``prompt_syntax="a1111"``, the texts
+        to encode (``<lora:...>`` tags removed) and the LoRAs the tags name (:func:`~diffusion_notes.adapters.
+        prompt_tags.prompt_loras`); in the plain syntax the prompts as they are, and no LoRA."""
+        if self.prompt_syntax != "a1111":
+            return self.prompts, self.negative_prompts, []
+        return prompt_loras(self.prompts, self.negative_prompts, self.lora_dir)
 
     @property
     def batch(self) -> int:
@@ -350,7 +370,7 @@ class Request:
     @classmethod
     def build(cls, prompt, *, negative_prompt="", num_images: int = 1, guidance_scale: float = 7.5,
               original_size=None, crops_coords_top_left=(0, 0), target_size=None,
-              prompt_syntax: str = "plain", clip_skip: int = 1, sampler: str = SamplerSettings.sampler, steps: int = SamplerSettings.steps,
+              prompt_syntax: str = "plain", clip_skip: int = 1, lora_dir=None, sampler: str = SamplerSettings.sampler, steps: int = SamplerSettings.steps,
               sigma_schedule: str = SamplerSettings.sigma_schedule, spacing: str | None = None,
               steps_offset: int | None = None, eta: float | None = None, sampler_options: dict | None = None,
               height: int | None = None, width: int | None = None, size: ImageSize | None = None,
@@ -371,7 +391,7 @@ class Request:
         if size is None:
             size = ImageSize(height, width)
         return cls(Conditioning(prompt, negative_prompt, num_images, guidance_scale, original_size,
-                                crops_coords_top_left, target_size, prompt_syntax, clip_skip),
+                                crops_coords_top_left, target_size, prompt_syntax, clip_skip, lora_dir),
                    SamplerSettings(sampler, steps, sigma_schedule, spacing, steps_offset, options),
                    size, Seed(seed, noise_device), OutputOptions(output, return_trajectory, progress, non_finite),
                    MemoryOptions() if memory is None else _instance("memory", memory, MemoryOptions),

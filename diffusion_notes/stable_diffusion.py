@@ -15,12 +15,14 @@ What the pipeline relies on is listed in the docstring of :class:`StableDiffusio
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import torch
 from torch import nn
 
 from . import decoding, pipeline
+from .errors import SettingsError
 from .models.config import StableDiffusionConfig  # defined with the model configs; re-exported here
 from .models.embeddings import size_embedding
 from .models.text import PromptEncoder
@@ -196,6 +198,37 @@ class StableDiffusion(nn.Module):
         from .checkpoints.single_file import save_single_file
 
         save_single_file(self, path, overwrite=overwrite, metadata=metadata)
+
+    # -- VAE swap (checkpoints/vae_file.py) ---------------------------------------------------
+    def with_vae(self, vae) -> "StableDiffusion":
+        """A model that decodes and encodes with another autoencoder: a new ``StableDiffusion`` with ``vae``
+        in place of this one's; **this model is not changed**.
+
+        ``vae``: a :class:`~diffusion_notes.checkpoints.vae_file.LoadedVae` from
+        :func:`~diffusion_notes.checkpoints.vae_file.load_vae`, or the path of a VAE file / diffusers folder
+        (then read in this model's dtype, onto its device). A VAE of another family (other latent
+        channels or downsampling factor, or a stated scale factor that is not this model's: SDXL's
+        0.13025 on SD 1.x) raises :class:`~diffusion_notes.errors.CheckpointError`; what can and cannot
+        be told is in :mod:`diffusion_notes.checkpoints.vae_file`. The new model keeps this one's scale
+        factor, and shares (without copying) its UNet, text encoders, schedule and adapter records: a
+        LoRA merged into either is merged into both, and ``unload_loras`` on either restores both.
+        diffusers: ``StableDiffusionPipeline.from_pretrained(..., vae=AutoencoderKL.from_single_file(...))``."""
+        from .checkpoints.vae_file import LoadedVae, check_vae_fits, load_vae
+        from .models.prepacked import PrepackedConv2d
+
+        if not isinstance(vae, LoadedVae):  # read like this model's VAE: dtype, device, prepacked or not
+            prepacked = any(isinstance(m, PrepackedConv2d) for m in self.vae.modules())
+            vae = load_vae(vae, torch_dtype=self.dtype, device=self.device, prepack=prepacked)
+        given = next(vae.vae.parameters())
+        if (given.dtype, given.device) != (self.dtype, self.device):
+            raise SettingsError("vae", f"the VAE is in {given.dtype} on {given.device}, this model in {self.dtype} on "
+                                f"{self.device}; read it with load_vae(path, torch_dtype=sd.dtype, device=sd.device)")
+        check_vae_fits(vae, self.config)
+        swapped = StableDiffusion(dataclasses.replace(self.config, vae=vae.config), self.unet, vae.vae,
+                                  self.prompt_encoder, self.schedule)
+        for record in ("_lora_originals", "_applied_loras", "_embeddings"):  # one state for the shared networks
+            vars(swapped)[record] = vars(self).setdefault(record, {} if record != "_applied_loras" else [])
+        return swapped
 
     # -- adapters (diffusion_notes/adapters/) --------------------------------------------------
     def load_lora(self, path_or_state_dict, scale: float = 1.0):

@@ -1,6 +1,6 @@
 """The browsable book: ``scripts/build_book.sh`` builds one static site from the notebooks and docs, and a
-real headless browser (Debian's chromium) shows formulas rendered by MathJax, figures loaded, and every
-internal link resolving.
+real headless browser (Debian's chromium) shows formulas rendered by MathJax, figures loaded, every
+internal link resolving, and notebook 5's step viewer playing.
 
 Without chromium the browser checks skip with the reason; in CI (``CI`` set) a missing chromium fails, since
 ``.ci/run`` installs it. The link checks need no browser.
@@ -205,3 +205,27 @@ def test_figures_and_scripts_load(rendered, site, page):
     assert not failed, f"{page}: failed requests {failed}"
     if page.startswith("notebooks/"):
         assert elements.images, f"{page}: no figures"
+
+
+def test_the_step_viewer_plays_inside_the_book(site, tmp_path):
+    """Notebook 5's step viewer inside its built page, among the book's own scripts and styles: the probe of
+    tests/step_viewer_probe.py moves the slider and clicks the buttons in headless chromium."""
+    from step_viewer_probe import probe, with_probe
+
+    _chromium()
+    page = site / "notebooks" / "05_plms_pndm.html"
+    source = page.read_text(encoding="utf-8")
+    assert source.count("class='dn-step-viewer'") == 1, "notebook 5's step viewer is not in its built page"
+    probed = page.with_name("05_plms_pndm.step-viewer-probe.html")  # the same folder: the same relative links
+    probed.write_text(with_probe(source, 3), encoding="utf-8")
+    server = _Server(site)
+    try:
+        shown = probe(server.url + "notebooks/" + probed.name, tmp_path / "profile")
+    finally:
+        server.close()
+        probed.unlink()
+    assert shown["viewers"] == 1 and shown["initial"]["ready"] == "1", shown["initial"]
+    assert shown["moved"]["step"] == "3" and "step 4 of 10" in shown["moved"]["header"]
+    assert shown["moved"]["srcs"] != shown["initial"]["srcs"] and all(s.startswith("data:image/png") for s in shown["moved"]["srcs"])
+    assert "Adams-Bashforth order 4" in shown["moved"]["formula"]
+    assert (shown["next"]["step"], shown["prev"]["step"], shown["last"]["step"]) == ("4", "2", "10")

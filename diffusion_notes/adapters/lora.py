@@ -18,10 +18,14 @@ Merging writes :math:`W_0 + \Delta W` into the layer: inference then costs nothi
 * :func:`read_lora`: a file (or a state dict) -> its tensors, name and sha256;
 * :func:`plan_lora`: every check, and every :math:`\Delta W`, computed before anything is changed;
 * :func:`load_lora` / :func:`unload_loras`: merge (stacking: each LoRA adds its own :math:`\Delta W`)
-  and restore the original weights exactly, from the originals kept at the first merge.
+  and restore the original weights exactly, from the originals kept at the first merge;
+* :func:`temporary_loras`: merge some LoRAs for one ``with`` block and take out exactly them
+  (a prompt's ``<lora:name:weight>`` tags, :mod:`.prompt_tags`).
 
-What was applied is recorded as :class:`AppliedLora` (name, multiplier, sha256 of the file), and
-:func:`lora_hashes` writes AUTOMATIC1111's ``Lora hashes: "name: hash"`` infotext entry.
+What was applied is recorded as :class:`AppliedLora` (name, multiplier, sha256 of the file, and
+AUTOMATIC1111's hash of it, :func:`a1111_lora_hash`), and :func:`lora_hashes` writes AUTOMATIC1111's
+``Lora hashes: "name: hash"`` infotext entry. A PEFT file's ``lora_alpha`` comes from its config
+(:mod:`.peft_config`).
 
 Counterparts: kohya sd-scripts ``networks/lora.py`` (``LoRAModule``, ``merge_to``), diffusers
 ``fuse_lora`` / ``unfuse_lora`` (PEFT ``LoraLayer.merge``), AUTOMATIC1111
@@ -33,6 +37,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,27 +45,32 @@ import torch
 from torch import nn
 
 from ..checkpoints.io import load_state_dict
+from ..checkpoints.safetensors_header import read_safetensors_header
 from ..errors import CheckpointError
 from ..models.prepacked import PrepackedConv2d
 from .lora_keys import LOHA_ROLES, LOKR_ROLES, LoraLayer, lora_layers
 from .lycoris import loha_delta, lokr_delta
+from .peft_config import read_peft_config
 
 __all__ = ["AppliedLora", "lora_delta", "read_lora", "plan_lora", "load_lora", "unload_loras", "applied_loras",
-           "lora_hashes"]
+           "lora_hashes", "lora_hash_list", "temporary_loras", "a1111_lora_hash"]
 
 
 @dataclass(frozen=True)
 class AppliedLora:
-    """One merged LoRA: its name (file stem), multiplier and the sha256 of its file (hex)."""
+    """One merged LoRA: its name (file stem), multiplier, the sha256 of its file (hex) and the hash
+    AUTOMATIC1111 shows for it (:func:`a1111_lora_hash`)."""
 
     name: str
     scale: float
     sha256: str
+    a1111_hash: str = ""
 
     @property
     def short_hash(self) -> str:
-        """The first 12 hex digits of the sha256 (what ``Lora hashes:`` shows)."""
-        return self.sha256[:12]
+        """What ``Lora hashes:`` shows: the first 12 hex digits of AUTOMATIC1111's hash (of the sha256 when
+        there is none, for a state dict given in memory)."""
+        return (self.a1111_hash or self.sha256)[:12]
 
 
 def lora_delta(down: torch.Tensor, up: torch.Tensor, alpha: float | None, multiplier: float = 1.0) -> torch.Tensor:
@@ -75,7 +85,7 @@ def lora_delta(down: torch.Tensor, up: torch.Tensor, alpha: float | None, multip
     return scale * product.reshape(up.shape[0], *down.shape[1:])
 
 
-def _sha256_of_file(path: Path) -> str:
+def sha256_of_file(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -83,7 +93,7 @@ def _sha256_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _sha256_of_tensors(state_dict: dict[str, torch.Tensor]) -> str:
+def sha256_of_tensors(state_dict: dict[str, torch.Tensor]) -> str:
     """A state dict given in memory has no file: hash its names and float32 values instead."""
     digest = hashlib.sha256()
     for key in sorted(state_dict):
@@ -92,15 +102,36 @@ def _sha256_of_tensors(state_dict: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def a1111_lora_hash(path) -> str:
+    """The hash AUTOMATIC1111 records for a LoRA file (``extensions-builtin/Lora/network.py``,
+    ``NetworkOnDisk``): the ``sshs_model_hash`` of a safetensors header when kohya's trainer wrote one,
+    else for ``.safetensors`` kohya's "addnet" hash, the sha256 of the bytes after the header (so that
+    editing the metadata keeps the hash; ``modules/hashes.py``, ``addnet_hash_safetensors``), else the
+    sha256 of the whole file. ``Lora hashes:`` shows its first 12 hex digits."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return sha256_of_file(path)
+    header = read_safetensors_header(path)
+    stated = header.metadata.get("sshs_model_hash")
+    if stated:
+        return stated
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(header.data_start)
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def read_lora(path_or_state_dict) -> tuple[dict[str, torch.Tensor], str, str]:
     """``(tensors, name, sha256)``: a LoRA file read without running code (``checkpoints.io``), its stem
     and the sha256 of its bytes; for a state dict, the name ``"state_dict"`` and a hash of its tensors."""
     if isinstance(path_or_state_dict, dict):
         tensors = dict(path_or_state_dict)
-        return tensors, "state_dict", _sha256_of_tensors(tensors)
+        return tensors, "state_dict", sha256_of_tensors(tensors)
     path = Path(os.fspath(path_or_state_dict))
     tensors = load_state_dict(path)
-    return tensors, path.stem, _sha256_of_file(path)
+    return tensors, path.stem, sha256_of_file(path)
 
 
 def _check_factors(layer: LoraLayer, weight_shape: torch.Size) -> None:
@@ -126,8 +157,10 @@ def _check_factors(layer: LoraLayer, weight_shape: torch.Size) -> None:
                               f"{tuple(weight_shape)} (a LoRA for another model size or family?).")
 
 
-def plan_lora(sd, state_dict: dict[str, torch.Tensor], scale: float = 1.0) -> list[tuple[str, torch.Tensor]]:
+def plan_lora(sd, state_dict: dict[str, torch.Tensor], scale: float = 1.0,
+              peft_config: dict | None = None) -> list[tuple[str, torch.Tensor]]:
     """``[(module path, ΔW)]`` for every layer of ``state_dict``: all checks done, nothing changed.
+    ``peft_config``: a PEFT file's ``lora_alpha`` / ``r`` / patterns (:mod:`.peft_config`).
 
     Raises :class:`CheckpointError` (one line naming the key, the layer and the reason) for a file that
     is no LoRA, a key matching no layer of ``sd``, a LoRA of another family, a shape that does not fit,
@@ -135,7 +168,7 @@ def plan_lora(sd, state_dict: dict[str, torch.Tensor], scale: float = 1.0) -> li
     if not (isinstance(scale, (int, float)) and math.isfinite(scale)):
         raise CheckpointError(f"LoRA scale must be a finite number, not {scale!r}.")
     plan = []
-    for layer in lora_layers(state_dict, sd):
+    for layer in lora_layers(state_dict, sd, peft_config):
         weight_shape = sd.get_submodule(layer.target).weight.shape
         _check_factors(layer, weight_shape)
         plan.append((layer.target, _delta(layer, scale, weight_shape)))
@@ -176,7 +209,17 @@ def load_lora(sd, path_or_state_dict, scale: float = 1.0) -> AppliedLora:
     nothing. LoRAs stack: each call adds its own :math:`\Delta W`; :func:`unload_loras` restores the
     weights from before the first one. The merge is computed in float32 and stored in the layer's dtype."""
     tensors, name, sha256 = read_lora(path_or_state_dict)
-    plan = plan_lora(sd, tensors, scale)
+    plan = plan_lora(sd, tensors, scale, _peft_config(path_or_state_dict))
+    a1111 = "" if isinstance(path_or_state_dict, dict) else a1111_lora_hash(os.fspath(path_or_state_dict))
+    return _merge(sd, plan, AppliedLora(name, float(scale), sha256, a1111))
+
+
+def _peft_config(path_or_state_dict) -> dict | None:
+    return None if isinstance(path_or_state_dict, dict) else read_peft_config(os.fspath(path_or_state_dict))
+
+
+def _merge(sd, plan: list[tuple[str, torch.Tensor]], applied: AppliedLora) -> AppliedLora:
+    """Add each planned ΔW to its layer, keeping the weight from before the first merge for :func:`unload_loras`."""
     originals = vars(sd).setdefault("_lora_originals", {})
     with torch.no_grad():
         for target, delta in plan:
@@ -184,9 +227,44 @@ def load_lora(sd, path_or_state_dict, scale: float = 1.0) -> AppliedLora:
             weight = module.weight
             originals.setdefault(target, weight if isinstance(weight, nn.Parameter) else weight.detach().clone())
             _set_weight(module, (weight.float() + delta.to(weight.device)).to(weight.dtype))
-    applied = AppliedLora(name, float(scale), sha256)
     vars(sd).setdefault("_applied_loras", []).append(applied)
     return applied
+
+
+@contextmanager
+def temporary_loras(sd, loras):
+    """Merge ``loras`` (``[(path, scale), ...]``) for the duration of a ``with`` block, then take out
+    exactly them, even when the block fails: every layer they touched gets back the very weight it had
+    before (not a subtraction), and LoRAs merged earlier with :func:`load_lora` stay. A file that fails
+    its checks leaves nothing merged. This is how a prompt's ``<lora:name:weight>`` tags apply to one
+    generation (:mod:`diffusion_notes.adapters.prompt_tags`)."""
+    loras = list(loras)
+    if not loras:
+        yield ()
+        return
+    originals = vars(sd).setdefault("_lora_originals", {})
+    records = vars(sd).setdefault("_applied_loras", [])
+    kept_originals, count = set(originals), len(records)
+    before: dict[str, torch.Tensor] = {}
+    try:
+        for path, scale in loras:
+            tensors, name, sha256 = read_lora(path)
+            plan = plan_lora(sd, tensors, scale, _peft_config(path))
+            for target, _ in plan:
+                before.setdefault(target, sd.get_submodule(target).weight)
+            _merge(sd, plan, AppliedLora(name, float(scale), sha256, a1111_lora_hash(path)))
+        yield tuple(records[count:])
+    finally:
+        with torch.no_grad():
+            for target, weight in before.items():
+                module = sd.get_submodule(target)
+                if isinstance(weight, nn.Parameter) and not isinstance(module, PrepackedConv2d):
+                    module.weight = weight
+                else:
+                    _set_weight(module, weight)
+        for target in set(originals) - kept_originals:
+            del originals[target]
+        del records[count:]
 
 
 def unload_loras(sd) -> None:
@@ -211,8 +289,16 @@ def applied_loras(sd) -> tuple[AppliedLora, ...]:
     return tuple(vars(sd).get("_applied_loras", ()))
 
 
+def lora_hash_list(applied: tuple[AppliedLora, ...] | list[AppliedLora]) -> str | None:
+    """The value of AUTOMATIC1111's ``Lora hashes`` infotext field, ``"name: hash, name2: hash2"``, with
+    ``:`` and ``,`` removed from the names as AUTOMATIC1111 does (``extra_networks_lora.py``); None when
+    no LoRA is applied."""
+    if not applied:
+        return None
+    return ", ".join(f"{a.name.replace(':', '').replace(',', '')}: {a.short_hash}" for a in applied)
+
+
 def lora_hashes(applied: tuple[AppliedLora, ...] | list[AppliedLora]) -> str:
     """AUTOMATIC1111's infotext entry ``Lora hashes: "name: hash, ..."`` ("" when none is applied)."""
-    if not applied:
-        return ""
-    return 'Lora hashes: "' + ", ".join(f"{a.name}: {a.short_hash}" for a in applied) + '"'
+    value = lora_hash_list(applied)
+    return f'Lora hashes: "{value}"' if value else ""

@@ -36,8 +36,9 @@ from torch import nn
 from ..checkpoints import diffusers_layout as layout
 from ..errors import CheckpointError
 from ..models.text import clip_transformer
+from .peft_config import ALL, peft_alpha
 
-__all__ = ["LoraLayer", "detect_lora_format", "layer_names", "lora_layers"]
+__all__ = ["LoraLayer", "check_lora_keys", "detect_lora_format", "layer_names", "lora_layers"]
 
 #: The text encoders' kohya prefixes, per family (index = position in ``sd.text_encoders``).
 KOHYA_TEXT_PREFIXES = {"sd1": ("lora_te_",), "sd2": ("lora_te_",), "sdxl": ("lora_te1_", "lora_te2_")}
@@ -173,6 +174,17 @@ def _layer_of(key: str, lora_format: str) -> tuple[str, str]:
     raise CheckpointError(f"LoRA tensor {key!r} is not a {lora_format} LoRA factor (expected down/up weights or alpha).")
 
 
+def check_lora_keys(keys) -> str:
+    """The format of a file with tensor names ``keys`` (:func:`detect_lora_format`), every name checked to be
+    a factor or alpha of that format (DoRA and other variants refused); what can be told before a model
+    is loaded (the command line checks ``--lora`` files with it). Raises :class:`CheckpointError`."""
+    keys = list(keys)
+    lora_format = detect_lora_format(keys)
+    for key in keys:
+        _layer_of(key, lora_format)
+    return lora_format
+
+
 def _wrong_family_hint(layer: str, family: str) -> str:
     for prefix, other in _OTHER_FAMILY_HINTS:
         if layer.startswith(prefix) and not any(layer.startswith(p) for p in KOHYA_TEXT_PREFIXES[family]
@@ -193,11 +205,13 @@ def _missing_factor(found: dict) -> str | None:
     return next((role for role in ("down", "up") if role not in found), None)
 
 
-def lora_layers(state_dict: dict[str, torch.Tensor], sd) -> list[LoraLayer]:
+def lora_layers(state_dict: dict[str, torch.Tensor], sd, peft_config: dict | None = None) -> list[LoraLayer]:
     """The file's tensors grouped per layer and matched to a module of ``sd``; every key must match.
 
-    Raises :class:`CheckpointError` naming the first key that is not a LoRA factor, matches no layer
-    of ``sd``, or misses its partner factor. Shapes are checked later, by the merge."""
+    ``peft_config``: the file's PEFT configuration (:func:`.peft_config.read_peft_config`), which gives
+    the alpha of a PEFT-format layer that stores none. Raises :class:`CheckpointError` naming the
+    first key that is not a LoRA factor, matches no layer of ``sd``, or misses its partner factor.
+    Shapes are checked later, by the merge."""
     lora_format = detect_lora_format(state_dict)
     parts: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in state_dict.items():
@@ -215,5 +229,11 @@ def lora_layers(state_dict: dict[str, torch.Tensor], sd) -> list[LoraLayer]:
         alpha = found.pop("alpha", None)
         if alpha is not None and alpha.numel() != 1:
             raise CheckpointError(f"LoRA layer {layer!r}: alpha has shape {tuple(alpha.shape)}, expected one number.")
-        layers.append(LoraLayer(layer, names[layer], found, None if alpha is None else float(alpha.reshape(()))))
+        alpha = None if alpha is None else float(alpha.reshape(()))
+        if alpha is None and lora_format == "peft" and peft_config:
+            component, _, module = layer.partition(".")
+            config = peft_config.get(component, peft_config.get(ALL))
+            if config is not None:
+                alpha = peft_alpha(config, module, found["down"].shape[0], layer)
+        layers.append(LoraLayer(layer, names[layer], found, alpha))
     return layers

@@ -21,14 +21,16 @@ Counterparts: diffusers ``TextualInversionLoaderMixin.load_textual_inversion``, 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import torch
 
 from ..checkpoints.io import _read_pickle, _sniff, load_state_dict
 from ..errors import CheckpointError
+from .lora import sha256_of_file, sha256_of_tensors
 
-__all__ = ["read_embedding", "load_textual_inversion"]
+__all__ = ["read_embedding", "load_textual_inversion", "used_embeddings", "check_embedding_file"]
 
 #: SDXL files name their two tables after the encoders (index in ``sd.text_encoders``).
 _SDXL_KEYS = ("clip_l", "clip_g")
@@ -77,6 +79,17 @@ def read_embedding(path_or_dict, family: str) -> tuple[list[torch.Tensor], str |
     return vectors, token
 
 
+def check_embedding_file(path) -> None:
+    """Read an embedding file and check it is one of the formats above (any family: SDXL's two tables or
+    one table), before a model is loaded (the command line's ``--embedding``); :class:`CheckpointError` if not."""
+    path = Path(os.fspath(path))
+    data = _tensors(path)
+    try:
+        read_embedding(data, "sdxl" if all(k in data for k in _SDXL_KEYS) else "sd1")
+    except CheckpointError as error:
+        raise CheckpointError(str(error).replace("embedding:", f"{path}:", 1)) from None
+
+
 def load_textual_inversion(sd, path_or_dict, token: str | None = None) -> list[str]:
     """Add the embedding's word to every tokenizer and its vectors to every text encoder of ``sd``.
 
@@ -113,4 +126,17 @@ def load_textual_inversion(sd, path_or_dict, token: str | None = None) -> list[s
             embeddings.weight[ids] = table.to(embeddings.weight.device, embeddings.weight.dtype)
     if count > 1:
         sd.prompt_encoder.word_expansions[token] = " ".join(tokens)
+    digest = (sha256_of_tensors({k: v for k, v in path_or_dict.items() if isinstance(v, torch.Tensor)})
+              if isinstance(path_or_dict, dict) else sha256_of_file(Path(os.fspath(path_or_dict))))
+    vars(sd).setdefault("_embeddings", {})[token] = digest
     return tokens
+
+
+def used_embeddings(sd, texts: list[str]) -> list[tuple[str, str]]:
+    """``(token, short hash)`` of every embedding loaded into ``sd`` whose word occurs in ``texts`` (the
+    prompts and negative prompts given to the text encoder), for AUTOMATIC1111's ``TI hashes`` field:
+    the first 12 hex digits of the sha256 of the embedding's file (``modules/textual_inversion/
+    textual_inversion.py``, ``Embedding.set_hash``)."""
+    loaded = vars(sd).get("_embeddings", {})
+    return [(token, digest[:12]) for token, digest in loaded.items()
+            if any(re.search(rf"(?<!\w){re.escape(token)}(?!\w)", text) for text in texts)]

@@ -80,8 +80,10 @@ def test_loras_stack_and_unload_restores_the_original_weights_exactly(pair, tmp_
     assert [a.name for a in sd.applied_loras] == ["first", "second"]
     assert [a.scale for a in sd.applied_loras] == [0.5, -0.3]
     assert sd.applied_loras[0].sha256 == hashlib.sha256(first.read_bytes()).hexdigest()
-    assert lora_hashes(sd.applied_loras) == (f'Lora hashes: "first: {sd.applied_loras[0].sha256[:12]}, '
-                                             f'second: {sd.applied_loras[1].sha256[:12]}"')
+    # AUTOMATIC1111 (modules/hashes.py addnet_hash_safetensors): sha256 of the bytes after the 8 + n header bytes
+    addnet = [hashlib.sha256(b[8 + int.from_bytes(b[:8], "little"):]).hexdigest()
+              for b in (first.read_bytes(), second.read_bytes())]
+    assert lora_hashes(sd.applied_loras) == f'Lora hashes: "first: {addnet[0][:12]}, second: {addnet[1][:12]}"'
 
     sd.unload_loras()
     restored = sd.state_dict()
