@@ -20,15 +20,12 @@ from . import training_and_ddim  # noqa: F401  (02)
 from . import multistep_and_guidance  # noqa: F401  (03)
 from . import samplers_training_attention  # noqa: F401  (04)
 from . import sigma_view  # noqa: F401  (05)
-<<<<<<< HEAD
-from . import flow_matching  # noqa: F401  (11)
-from . import edm_and_bound  # noqa: F401  (12)
-=======
 from . import derive_and_predict  # noqa: F401  (07) registers its exercises in BEYOND
 from . import loops_and_bugs  # noqa: F401  (08)
+from . import flow_matching  # noqa: F401  (11)
+from . import edm_and_bound  # noqa: F401  (12)
 from .beyond import BEYOND
 from .beyond import checker as _beyond_checker
->>>>>>> main
 from .harness import EXERCISES, checker
 from .loops_and_bugs import show_buggy
 
