@@ -9,6 +9,6 @@
 
 from .digits import load_split
 from .model import NULL_LABEL, DigitsUNet, UNetConfig
-from .pretrained import load_pretrained
+from .pretrained import load_pretrained, load_pretrained_edm, load_pretrained_flow
 
-__all__ = ["load_split", "NULL_LABEL", "DigitsUNet", "UNetConfig", "load_pretrained"]
+__all__ = ["load_split", "NULL_LABEL", "DigitsUNet", "UNetConfig", "load_pretrained", "load_pretrained_flow", "load_pretrained_edm"]

@@ -18,10 +18,14 @@ from safetensors.torch import save_file
 from ..schedules import NoiseSchedule
 from .model import DigitsUNet, UNetConfig
 
-__all__ = ["WEIGHTS_FILE", "pretrained_path", "save_checkpoint", "load_checkpoint", "read_metadata", "load_pretrained"]
+__all__ = ["WEIGHTS_FILE", "FLOW_WEIGHTS_FILE", "EDM_WEIGHTS_FILE", "pretrained_path", "load_pretrained_flow", "load_pretrained_edm", "save_checkpoint", "load_checkpoint", "read_metadata", "load_pretrained"]
 
 #: The weights shipped with the package, relative to ``diffusion_notes/toy``.
 WEIGHTS_FILE = "weights/digits_ddpm.safetensors"
+#: The same network trained by conditional flow matching (``train-toy --objective flow``): it predicts the velocity.
+FLOW_WEIGHTS_FILE = "weights/digits_flow.safetensors"
+#: The same network trained with EDM's preconditioning and loss (``train-toy --objective edm``).
+EDM_WEIGHTS_FILE = "weights/digits_edm.safetensors"
 
 
 def save_checkpoint(model: DigitsUNet, path, schedule_name: str, num_timesteps: int, extra: dict | None = None) -> None:
@@ -61,9 +65,34 @@ def load_checkpoint(path) -> tuple[DigitsUNet, NoiseSchedule, dict[str, str]]:
     return model, schedule, metadata
 
 
-def pretrained_path() -> Path:
+def pretrained_path(weights_file: str = WEIGHTS_FILE) -> Path:
     """Where the shipped weights live inside the installed package."""
-    return Path(str(resources.files("diffusion_notes.toy").joinpath(WEIGHTS_FILE)))
+    return Path(str(resources.files("diffusion_notes.toy").joinpath(weights_file)))
+
+
+def load_pretrained_flow() -> DigitsUNet:
+    """The digits network trained by conditional flow matching (SD3's objective) with the DDPM model's recipe.
+
+    ``model(x, t, c)`` predicts the velocity :math:`\epsilon - x_0` of the straight path at the timestep
+    :math:`t = 1000\,\sigma`; sample it with :func:`diffusion_notes.flow_sampling.sample_flow`."""
+    model, _, metadata = load_checkpoint(pretrained_path(FLOW_WEIGHTS_FILE))
+    if metadata.get("parameterization") != "flow":
+        raise ValueError(f"{FLOW_WEIGHTS_FILE} is not a flow-matching checkpoint (parameterization "
+                         f"{metadata.get('parameterization')!r})")
+    return model
+
+
+def load_pretrained_edm():
+    """The digits network trained with EDM's preconditioning and loss (Karras et al. 2022, Table 1), as its
+    preconditioned denoiser ``D(x, sigma, c)`` (:func:`diffusion_notes.edm.preconditioned_denoiser`), in the σ view:
+    ``x = x_0 + sigma n``. Sample it with :func:`diffusion_notes.edm.sample_edm`."""
+    from ..edm import preconditioned_denoiser
+    from .train import edm_network
+
+    model, _, metadata = load_checkpoint(pretrained_path(EDM_WEIGHTS_FILE))
+    if metadata.get("parameterization") != "edm":
+        raise ValueError(f"{EDM_WEIGHTS_FILE} is not an EDM checkpoint (parameterization {metadata.get('parameterization')!r})")
+    return preconditioned_denoiser(edm_network(model), float(metadata["sigma_data"]))
 
 
 def load_pretrained() -> tuple[DigitsUNet, NoiseSchedule]:

@@ -20,15 +20,26 @@ from pathlib import Path
 
 import torch
 
+from ..edm import edm_loss, preconditioned_denoiser, sample_training_sigmas
+from ..flow_matching import cfm_loss, flow_path, sample_logit_normal
 from ..losses import p_losses
 from ..schedules import NoiseSchedule
 from .digits import load_split
 from .model import NULL_LABEL, DigitsUNet, UNetConfig
 from .pretrained import save_checkpoint
 
-__all__ = ["TrainConfig", "TrainResult", "training_step", "update_ema", "train", "plot_loss_curve", "main"]
+__all__ = ["TrainConfig", "TrainResult", "training_step", "flow_training_step", "edm_training_step", "edm_network", "update_ema", "train", "plot_loss_curve", "main"]
 
 DEFAULT_OUT = "digits_ddpm.safetensors"
+OBJECTIVES = ("eps", "flow", "edm")
+#: an EDM-trained digits network sees the timestep 1000 c_noise = 250 ln(sigma) (EDM Table 1's c_noise = ln(sigma) / 4,
+#: scaled into the range its sinusoidal embedding was made for)
+EDM_TIMESTEP_SCALE = 1000.0
+
+
+def edm_network(model):
+    """F_theta(x_in, c_noise, c) of an EDM-trained :class:`DigitsUNet`: the network called at timestep 1000 c_noise."""
+    return lambda x_in, c_noise, c: model(x_in, EDM_TIMESTEP_SCALE * c_noise.to(x_in.dtype), c)
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,14 @@ class TrainConfig:
     schedule: str = "linear"  # DDPM's linear 1e-4..0.02
     num_timesteps: int = 1000
     unet: UNetConfig = field(default_factory=UNetConfig)
+    #: "eps": DDPM's L_simple (the shipped digits_ddpm); "flow": conditional flow matching on the straight path
+    #: with SD3's logit-normal t (digits_flow); "edm": EDM's preconditioning, loss weight and log-normal sigma
+    #: (digits_edm). Same network, same steps, same batches.
+    objective: str = "eps"
+
+    def __post_init__(self):
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {self.objective!r}")
 
 
 @dataclass
@@ -74,6 +93,39 @@ def training_step(model, optimizer, x0, labels, schedule: NoiseSchedule, p_uncon
     return loss.item()
 
 
+def flow_training_step(model, optimizer, x0, labels, p_uncond: float, generator, num_timesteps: int = 1000) -> float:
+    r"""One gradient step of conditional flow matching (Lipman et al. 2023, Eq. 9) as SD3 trains (Esser et al. 2024):
+    :math:`t` from the logit-normal density (m = 0, s = 1), :math:`x_t = (1-t)x_0 + t\epsilon`, and a gradient step on
+    :math:`\|v_\theta(x_t, 1000\,t, c) - (\epsilon - x_0)\|^2`; the label dropout of classifier-free guidance as in
+    :func:`training_step`."""
+    batch = x0.shape[0]
+    t = sample_logit_normal(batch, generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    drop = torch.rand(batch, generator=generator) < p_uncond
+    c = torch.where(drop, torch.full_like(labels, NULL_LABEL), labels)
+    loss = cfm_loss(model(flow_path(x0, noise, t), t * num_timesteps, c), x0, noise)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
+def edm_training_step(model, optimizer, x0, labels, p_uncond: float, generator, sigma_data: float) -> float:
+    r"""One gradient step of EDM's training (Karras et al. 2022, Sec. 5, Table 1): :math:`\ln\sigma \sim \mathcal N(-1.2, 1.2^2)`,
+    the loss :math:`\lambda(\sigma)\lVert D_\theta(x_0 + \sigma n;\sigma) - x_0\rVert^2` with :math:`D_\theta` preconditioned
+    (:func:`diffusion_notes.edm.preconditioned_denoiser`), and classifier-free label dropout as :func:`training_step`."""
+    batch = x0.shape[0]
+    sigma = sample_training_sigmas(batch, generator=generator)
+    noise = torch.randn(x0.shape, generator=generator)
+    drop = torch.rand(batch, generator=generator) < p_uncond
+    c = torch.where(drop, torch.full_like(labels, NULL_LABEL), labels)
+    loss = edm_loss(preconditioned_denoiser(edm_network(model), sigma_data), x0, sigma, noise, c, sigma_data=sigma_data)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+
 @torch.no_grad()
 def update_ema(ema_model, model, decay: float, step: int) -> None:
     r"""Exponential moving average of the weights, :math:`\bar\theta \leftarrow d\bar\theta + (1-d)\theta`.
@@ -94,6 +146,7 @@ def train(config: TrainConfig = TrainConfig(), log_every: int = 250, log=print) 
     generator = torch.Generator().manual_seed(config.seed)  # batches, timesteps, noise, label dropout
     images, labels = load_split("train")
     schedule = NoiseSchedule.from_name(config.schedule, config.num_timesteps)
+    sigma_data = float(images.std())  # EDM's sigma_data: the training data's standard deviation
     model = DigitsUNet(config.unet)
     ema_model = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr)
@@ -105,7 +158,14 @@ def train(config: TrainConfig = TrainConfig(), log_every: int = 250, log=print) 
     for step in range(config.steps):
         # Algorithm 1, line 2: x0 ~ q(x0), drawn with replacement from the training split.
         idx = torch.randint(0, images.shape[0], (config.batch_size,), generator=generator)
-        losses.append(training_step(model, optimizer, images[idx], labels[idx], schedule, config.p_uncond, generator))
+        if config.objective == "edm":
+            losses.append(edm_training_step(model, optimizer, images[idx], labels[idx], config.p_uncond, generator,
+                                            sigma_data))
+        elif config.objective == "flow":
+            losses.append(flow_training_step(model, optimizer, images[idx], labels[idx], config.p_uncond, generator,
+                                             config.num_timesteps))
+        else:
+            losses.append(training_step(model, optimizer, images[idx], labels[idx], schedule, config.p_uncond, generator))
         lr_schedule.step()
         update_ema(ema_model, model, config.ema_decay, step)
         if log_every and ((step + 1) % log_every == 0 or step + 1 == config.steps):
@@ -161,6 +221,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps (default: {defaults.steps})")
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"random seed (default: {defaults.seed})")
     parser.add_argument("--loss-curve", metavar="PNG", help="also save the loss curve to this PNG file")
+    parser.add_argument("--objective", choices=OBJECTIVES, default=defaults.objective,
+                        help="eps: DDPM's L_simple (default); flow: conditional flow matching, SD3's objective; "
+                        "edm: EDM's preconditioning and loss (Karras et al. 2022)")
     parser.add_argument(
         "--threads",
         type=int,
@@ -183,8 +246,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.steps < 1 or args.threads < 1:
         print(f"error: --steps and --threads must be at least 1, got {args.steps} and {args.threads}", file=sys.stderr)
         return 2
-    config = TrainConfig(steps=args.steps, seed=args.seed)
-    print(f"training the digits DDPM with {args.threads} thread(s): {config}")
+    config = TrainConfig(steps=args.steps, seed=args.seed, objective=args.objective)
+    print(f"training the digits {dict(eps='DDPM', flow='flow-matching model', edm='EDM model')[config.objective]} with {args.threads} thread(s): {config}")
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
@@ -210,6 +273,10 @@ def main(argv: list[str] | None = None) -> int:
             "train_cpu_seconds": f"{result.cpu_seconds:.1f}",
             "torch_version": torch.__version__,
             "command": command,
+            "objective": config.objective,
+            **({"parameterization": "flow"} if config.objective == "flow" else {}),
+            **({"parameterization": "edm", "sigma_data": f"{float(load_split('train')[0].std()):.6f}"}
+               if config.objective == "edm" else {}),
         },
     )
     print(f"wrote {out} ({out.stat().st_size / 1e6:.2f} MB) after {result.seconds:.1f} s ({result.cpu_seconds:.1f} s CPU)")

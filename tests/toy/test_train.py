@@ -112,3 +112,46 @@ def test_existing_loss_curve_is_not_silently_replaced(tmp_path):
     png.write_bytes(b"x")
     assert main(["--out", str(tmp_path / "new.safetensors"), "--steps", "1", "--loss-curve", str(png)]) == 1
     assert png.read_bytes() == b"x" and not (tmp_path / "new.safetensors").exists()
+
+
+def _fixed_batch_loss(objective, steps):
+    """The objective's own loss on a fixed batch and fixed noise, before and after ``steps`` training steps."""
+    from diffusion_notes import edm, flow_matching as fm
+    from diffusion_notes.toy.train import edm_network, edm_training_step, flow_training_step
+
+    torch.manual_seed(0)
+    images, labels = load_split("train")
+    x0, c = images[:64], labels[:64]
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(x0.shape, generator=g)
+    model = DigitsUNet(SMALL)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    if objective == "flow":
+        t = torch.rand(64, generator=g)
+        evaluate = lambda: fm.cfm_loss(model(fm.flow_path(x0, noise, t), 1000 * t, c), x0, noise).item()  # noqa: E731
+        step = lambda: flow_training_step(model, optimizer, x0, c, 0.1, g)  # noqa: E731
+    else:
+        sigma = edm.sample_training_sigmas(64, generator=g)
+        sigma_data = float(images.std())
+        evaluate = lambda: edm.edm_loss(edm.preconditioned_denoiser(edm_network(model), sigma_data), x0, sigma, noise, c,  # noqa: E731
+                                        sigma_data=sigma_data).item()
+        step = lambda: edm_training_step(model, optimizer, x0, c, 0.1, g, sigma_data)  # noqa: E731
+    with torch.no_grad():
+        before = evaluate()
+    for _ in range(steps):
+        step()
+    with torch.no_grad():
+        return before, evaluate()
+
+
+def test_flow_and_edm_objectives_lower_their_losses():
+    for objective in ("flow", "edm"):
+        before, after = _fixed_batch_loss(objective, 40)
+        assert after < 0.7 * before, (objective, before, after)
+
+
+def test_unknown_objective_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="objective must be one of"):
+        TrainConfig(objective="v")
