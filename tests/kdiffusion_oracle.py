@@ -24,12 +24,12 @@ def _append_dims(x, target_dims):
 
 def load():
     """``(sampling, external)`` modules of k-diffusion; raises ImportError when it (or a dependency) is missing."""
+    if "k_diffusion.sampling" in sys.modules and "k_diffusion.external" in sys.modules:  # loaded by another test module
+        return sys.modules["k_diffusion.sampling"], sys.modules["k_diffusion.external"]
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("k-diffusion is not installed (pip install k-diffusion --no-deps torchsde torchdiffeq trampoline)")
     folder = Path(list(spec.submodule_search_locations)[0])
-    if "k_diffusion.sampling" in sys.modules and "k_diffusion.external" in sys.modules:
-        return sys.modules["k_diffusion.sampling"], sys.modules["k_diffusion.external"]
     package = types.ModuleType("k_diffusion")
     package.__path__ = [str(folder)]
     utils = types.ModuleType("k_diffusion.utils")
