@@ -24,7 +24,7 @@ from torch.nn import functional as F
 from ..models.embeddings import timestep_embedding  # the same (cos, sin) embedding as Stable Diffusion's UNet
 from .digits import NUM_CLASSES
 
-__all__ = ["NULL_LABEL", "UNetConfig", "DigitsUNet", "timestep_embedding"]
+__all__ = ["NULL_LABEL", "UNetConfig", "DigitsUNet", "timestep_embedding", "EDM_TIMESTEP_SCALE", "edm_network"]
 
 #: The label that means "unconditional" (classifier-free guidance's empty condition).
 NULL_LABEL = NUM_CLASSES
@@ -124,3 +124,13 @@ class DigitsUNet(nn.Module):
             if i < len(self.upsample):
                 h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
         return self.conv_out(F.silu(self.norm_out(h)))
+
+
+#: an EDM-trained digits network sees the timestep 1000 c_noise = 250 ln(sigma) (EDM Table 1's c_noise = ln(sigma) / 4,
+#: scaled into the range its sinusoidal embedding was made for)
+EDM_TIMESTEP_SCALE = 1000.0
+
+
+def edm_network(model: DigitsUNet):
+    """F_theta(x_in, c_noise, c) of an EDM-trained :class:`DigitsUNet`: the network called at timestep 1000 c_noise."""
+    return lambda x_in, c_noise, c: model(x_in, EDM_TIMESTEP_SCALE * c_noise.to(x_in.dtype), c)

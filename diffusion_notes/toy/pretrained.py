@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..schedules import NoiseSchedule
-from .model import DigitsUNet, UNetConfig
+from .model import DigitsUNet, UNetConfig, edm_network
 
 __all__ = ["WEIGHTS_FILE", "FLOW_WEIGHTS_FILE", "EDM_WEIGHTS_FILE", "pretrained_path", "load_pretrained_flow", "load_pretrained_edm", "save_checkpoint", "load_checkpoint", "read_metadata", "load_pretrained"]
 
@@ -87,7 +87,6 @@ def load_pretrained_edm():
     preconditioned denoiser ``D(x, sigma, c)`` (:func:`diffusion_notes.edm.preconditioned_denoiser`), in the σ view:
     ``x = x_0 + sigma n``. Sample it with :func:`diffusion_notes.edm.sample_edm`."""
     from ..edm import preconditioned_denoiser
-    from .train import edm_network
 
     model, _, metadata = load_checkpoint(pretrained_path(EDM_WEIGHTS_FILE))
     if metadata.get("parameterization") != "edm":

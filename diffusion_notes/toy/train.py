@@ -25,21 +25,13 @@ from ..flow_matching import cfm_loss, flow_path, sample_logit_normal
 from ..losses import p_losses
 from ..schedules import NoiseSchedule
 from .digits import load_split
-from .model import NULL_LABEL, DigitsUNet, UNetConfig
+from .model import NULL_LABEL, DigitsUNet, UNetConfig, edm_network
 from .pretrained import save_checkpoint
 
 __all__ = ["TrainConfig", "TrainResult", "training_step", "flow_training_step", "edm_training_step", "edm_network", "update_ema", "train", "plot_loss_curve", "main"]
 
 DEFAULT_OUT = "digits_ddpm.safetensors"
 OBJECTIVES = ("eps", "flow", "edm")
-#: an EDM-trained digits network sees the timestep 1000 c_noise = 250 ln(sigma) (EDM Table 1's c_noise = ln(sigma) / 4,
-#: scaled into the range its sinusoidal embedding was made for)
-EDM_TIMESTEP_SCALE = 1000.0
-
-
-def edm_network(model):
-    """F_theta(x_in, c_noise, c) of an EDM-trained :class:`DigitsUNet`: the network called at timestep 1000 c_noise."""
-    return lambda x_in, c_noise, c: model(x_in, EDM_TIMESTEP_SCALE * c_noise.to(x_in.dtype), c)
 
 
 @dataclass(frozen=True)
