@@ -46,6 +46,7 @@ import os
 import sys
 import time
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -213,15 +214,21 @@ def validate_job(raw: dict) -> tuple[Job | None, list[tuple[str, str]]]:
             errors.append(("prompt", f"must be a string, got {condition!r}"))
     if errors:
         return None, errors
-    schedule_obj = _noise_schedule(model)
-    from .quality.nfe import count_model_evaluations, steps_for_nfe
-
     try:
-        steps = raw["steps"] if "steps" in raw else steps_for_nfe(sampler, raw["nfe"], schedule, schedule_obj)
-        nfe = count_model_evaluations(sampler, steps, schedule, schedule_obj)
+        steps, nfe = _steps_and_nfe(model, sampler, schedule, raw.get("steps"), raw.get("nfe"))
     except SettingsError as err:
         return None, [("nfe" if "nfe" in raw else "steps", str(err))]
     return Job(model, sampler, schedule, steps, nfe, float(guidance), seed, str(condition), num_images, size), []
+
+
+@lru_cache(maxsize=None)
+def _steps_and_nfe(model: str, sampler: str, sigma_schedule: str, steps: int | None, nfe: int | None) -> tuple[int, int]:
+    """``(steps, model evaluations)`` of a job given its steps or its NFE budget (counted once per combination)."""
+    from .quality.nfe import count_model_evaluations, steps_for_nfe
+
+    schedule = _noise_schedule(model)
+    steps = steps if steps is not None else steps_for_nfe(sampler, nfe, sigma_schedule, schedule)
+    return steps, count_model_evaluations(sampler, steps, sigma_schedule, schedule)
 
 
 def validate_manifest(path) -> list[Job]:
@@ -248,6 +255,7 @@ _LOADED: dict = {}
 _K = 3
 
 
+@lru_cache(maxsize=None)
 def _noise_schedule(model: str):
     from .schedules import NoiseSchedule
 

@@ -42,14 +42,13 @@ def steps_for_nfe(sampler: str, nfe: int, sigma_schedule: str = "default", sched
     if isinstance(nfe, bool) or not isinstance(nfe, int) or nfe < 1:
         raise SettingsError("nfe", f"nfe must be a positive integer, got {nfe!r}")
     best = None
-    for steps in range(1, nfe + 1):  # NFE never falls as steps grow, and is at least the number of steps
+    for steps in range(nfe, 0, -1):  # NFE >= steps, so no count above the budget can fit; the first fit from the top is the most
         try:
-            count = count_model_evaluations(sampler, steps, sigma_schedule, schedule)
-        except SettingsError:  # e.g. CompVis 'uniform' spacing cannot make 3 steps of 1000: try the next
+            if count_model_evaluations(sampler, steps, sigma_schedule, schedule) <= nfe:
+                best = steps
+                break
+        except SettingsError:  # e.g. CompVis 'uniform' spacing cannot make 3 steps of 1000: try fewer
             continue
-        if count > nfe:
-            break
-        best = steps
     if best is None:
         raise SettingsError("nfe", f"no number of steps of the {sampler} sampler fits in {nfe} model evaluations")
     return best
