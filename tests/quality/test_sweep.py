@@ -147,3 +147,19 @@ def test_two_torchrun_processes_equal_one_bit_for_bit(tmp_path):
     assert all(a[k] == b[k] for k in a), [k for k in a if a[k] != b[k]]
     cells = json.loads((tmp_path / "one" / "cells.json").read_text())
     assert len(cells) == 4 and cells[0]["seeds"] == 2 and cells[0]["n"] == 24
+
+
+def test_yaml_grid_and_bad_files(tmp_path, capsys):
+    grid = tmp_path / "grid.yaml"
+    grid.write_text("- model: digits\n  sampler: [ddim, euler]\n  steps: 4\n  seed: [0, 1, 2]\n"
+                    "- model: mini-sd\n  sampler: dpmpp_2m\n  nfe: 6\n  prompt: a handwritten seven\n  num_images: 2\n")
+    jobs = sweep.validate_manifest(grid)
+    assert len(jobs) == 7 and jobs[-1].condition == "a handwritten seven" and jobs[-1].labels() == [-1, -1]
+    grid.write_text("- model: digits\n  sampler: [ddim, euler]\n  steps: 4\n  seed: -1\n")
+    with pytest.raises(sweep.ManifestError, match="grid entry 2, field 'seed'"):
+        sweep.validate_manifest(grid)
+    assert sweep.main([str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o")]) == 2
+    assert "no such manifest file" in capsys.readouterr().err
+    (tmp_path / "afile").write_text("mine")
+    assert sweep.main([str(write_manifest(tmp_path / "m.jsonl")), "--out", str(tmp_path / "afile")]) == 2
+    assert "is a file" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "mine"
