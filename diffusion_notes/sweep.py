@@ -24,7 +24,7 @@ and ``os.replace``, so a crash never leaves half a file. A job whose record exis
 re-run skips it, so a sweep resumes after Ctrl-C and never duplicates work.
 
 **Sharding** rides on ``torch.distributed``: under ``torchrun`` (``RANK``, ``WORLD_SIZE``), job ``i`` of the
-manifest belongs to rank ``i mod WORLD_SIZE`` (gloo on the CPU, nccl with ``--device cuda``; several
+manifest's distinct jobs belongs to rank ``i mod WORLD_SIZE`` (gloo on the CPU, nccl with ``--device cuda``; several
 machines need a shared output folder and torchrun's rendezvous). Each rank writes only its own jobs'
 files and ``throughput-rank<r>.json``; after a barrier rank 0 **collects**: ``results.csv`` /
 ``results.json`` (one row per job, in manifest order) and ``cells.csv`` / ``cells.json`` (jobs that
@@ -394,13 +394,13 @@ def _distributed(device: str):
 
 def run_sweep(jobs: list[Job], outdir, *, rank: int = 0, world_size: int = 1, device: str = "cpu",
               progress: bool = True) -> dict:
-    """Run this rank's share of ``jobs`` (job i when i mod world_size == rank), skipping finished ones;
+    """Run this rank's share of ``jobs`` (job i of the distinct jobs when i mod world_size == rank), skipping finished ones;
     writes and returns this rank's throughput ``{"rank", "jobs", "skipped", "images", "seconds"}``."""
     outdir = Path(outdir)
     (outdir / "jobs").mkdir(parents=True, exist_ok=True)
-    mine = [job for i, job in enumerate(jobs) if i % world_size == rank]
+    unique = list(dict.fromkeys(jobs))  # a job listed twice is one job: run once, by one rank
+    mine = [job for i, job in enumerate(unique) if i % world_size == rank]
     todo = [job for job in mine if not (outdir / "jobs" / f"{job_hash(job)}.json").exists()]
-    todo = list(dict.fromkeys(todo))  # a job listed twice is run once
     start = time.perf_counter()
     bar = None
     if progress:
