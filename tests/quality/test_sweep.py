@@ -163,3 +163,17 @@ def test_yaml_grid_and_bad_files(tmp_path, capsys):
     (tmp_path / "afile").write_text("mine")
     assert sweep.main([str(write_manifest(tmp_path / "m.jsonl")), "--out", str(tmp_path / "afile")]) == 2
     assert "is a file" in capsys.readouterr().err and (tmp_path / "afile").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_miniature_job_round_trips_through_its_png(tmp_path):
+    """A mini-sd job: 32x32 RGB images side by side in one PNG, read back exactly, judged, with its prompt in the text."""
+    raw = {"model": "mini-sd", "sampler": "dpmpp_2m", "nfe": 6, "num_images": 3, "seed": 4}
+    job, problems = sweep.validate_job(raw)
+    assert not problems and job.size == 32 and job.guidance == 7.5
+    record = sweep.run_job(job, tmp_path)
+    png = Image.open(tmp_path / record["image"])
+    assert png.size == (96, 32) and png.mode == "RGB"
+    assert parse_parameters(png.text["parameters"])["Sampler"] == "DPM++ 2M"
+    assert np.array_equal(sweep.read_images(tmp_path / record["image"], job), sweep.generate(job))
+    assert 0 <= record["judge_agreement"] <= 1
