@@ -249,8 +249,6 @@ def validate_manifest(path) -> list[Job]:
 # running one job
 
 
-_LOADED: dict = {}
-
 #: k of the k-NN manifolds of precision and recall (Kynkäänniemi et al. 2019's default).
 _K = 3
 
@@ -267,18 +265,17 @@ def _noise_schedule(model: str):
     return NoiseSchedule.stable_diffusion()
 
 
+@lru_cache(maxsize=None)
 def _load(model: str, device: str):
-    if model not in _LOADED:
-        if model == "digits":
-            from .toy.pretrained import load_pretrained
+    """The model of a manifest's ``model`` field, loaded once per process and device."""
+    if model == "digits":
+        from .toy.pretrained import load_pretrained
 
-            net, schedule = load_pretrained()
-            _LOADED[model] = (net.to(device), schedule)
-        else:
-            from .mini_sd.pretrained import load_mini_sd
+        net, schedule = load_pretrained()
+        return net.to(device), schedule
+    from .mini_sd.pretrained import load_mini_sd
 
-            _LOADED[model] = (load_mini_sd(device=device), None)
-    return _LOADED[model]
+    return load_mini_sd(device=device), None
 
 
 @torch.no_grad()
@@ -450,13 +447,13 @@ def _cell_metrics(jobs: list[Job], outdir: Path, n_resamples: int) -> dict:
     return row
 
 
-def _train_features():
+@lru_cache(maxsize=1)
+def _train_features() -> np.ndarray:
+    """FD-digits features of the training digits: the real set of precision and recall."""
     from .quality.features import digit_features
     from .toy.digits import load_split
 
-    if "train_features" not in _LOADED:
-        _LOADED["train_features"] = digit_features(load_split("train")[0])
-    return _LOADED["train_features"]
+    return digit_features(load_split("train")[0])
 
 
 def collect(jobs: list[Job], outdir, n_resamples: int = 50) -> dict:
