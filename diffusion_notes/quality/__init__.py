@@ -8,9 +8,9 @@ r"""Measuring sample quality offline: a Fréchet distance, precision and recall,
 * :mod:`.bootstrap`: a statistic's spread by resampling the generated set.
 """
 
-from .bootstrap import Bootstrap, bootstrap
+from .bootstrap import Bootstrap, bootstrap, paired_bootstrap
 from .frechet import feature_statistics, frechet_distance, frechet_distance_of_features
 from .precision_recall import kth_neighbour_radii, precision_recall
 
 __all__ = ["frechet_distance", "feature_statistics", "frechet_distance_of_features", "precision_recall",
-           "kth_neighbour_radii", "bootstrap", "Bootstrap"]
+           "kth_neighbour_radii", "bootstrap", "paired_bootstrap", "Bootstrap"]

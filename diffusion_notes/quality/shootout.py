@@ -13,7 +13,10 @@ import json
 import math
 from pathlib import Path
 
-__all__ = ["load_cells", "select", "best_per_budget", "plot_fd_against_nfe", "markdown_best_table"]
+import numpy as np
+
+__all__ = ["load_cells", "select", "best_per_budget", "plot_fd_against_nfe", "markdown_best_table", "write_figure",
+           "compare_cells"]
 
 
 def load_cells(path) -> list[dict]:
@@ -138,3 +141,31 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def compare_cells(outdir, manifest, a: dict, b: dict, n_resamples: int = 200):
+    """FD-digits(a) - FD-digits(b) with a *paired* bootstrap spread, from a sweep's images.
+
+    ``a`` and ``b`` select one cell each (``{"sampler": "ddim", "nfe": 10, "guidance": 2.0}``; unnamed fields
+    must leave one cell). The two cells must have the same seeds and image counts, so that image i of both
+    started from the same :math:`x_T`: the paired bootstrap resamples the same images of both.
+    """
+    from .. import sweep
+    from .bootstrap import paired_bootstrap
+    from .features import digit_features, fd_digits
+
+    jobs = list(dict.fromkeys(sweep.validate_manifest(manifest)))
+
+    def features(where):
+        chosen = [j for j in jobs if all(getattr(j, k) == v for k, v in where.items())]
+        cells = {j.cell for j in chosen}
+        if len(cells) != 1:
+            raise ValueError(f"{where} selects {len(cells)} cells, not one")
+        chosen.sort(key=lambda j: j.seed)
+        images = np.concatenate([sweep.read_images(Path(outdir) / "images" / f"{sweep.job_hash(j)}.png", j) for j in chosen])
+        return digit_features(sweep._as_judge_input(images)), [j.seed for j in chosen]
+
+    (fa, seeds_a), (fb, seeds_b) = features(a), features(b)
+    if seeds_a != seeds_b or fa.shape != fb.shape:
+        raise ValueError("the two cells do not share seeds and image counts: their images are not paired")
+    return paired_bootstrap(lambda f: fd_digits(features=f), fa, fb, n_resamples=n_resamples)

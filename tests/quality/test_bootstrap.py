@@ -28,3 +28,19 @@ def test_bad_inputs():
         bootstrap(np.mean, np.zeros(1))
     with pytest.raises(ValueError):
         bootstrap(np.mean, np.zeros(5), n_resamples=1)
+
+
+def test_paired_spread_matches_the_closed_form_of_a_paired_mean_difference():
+    """Rows share a large common part: the spread of mean(a) - mean(b) is sd(a - b)/sqrt(N), far below the unpaired one."""
+    from diffusion_notes.quality import paired_bootstrap
+
+    rng = np.random.default_rng(2)
+    shared = rng.normal(scale=3.0, size=500)
+    a, b = shared + rng.normal(scale=0.5, size=500) + 0.1, shared + rng.normal(scale=0.5, size=500)
+    result = paired_bootstrap(np.mean, a, b, n_resamples=2000, seed=1)
+    assert result.value == pytest.approx(a.mean() - b.mean(), abs=1e-12)
+    assert result.std == pytest.approx((a - b).std() / np.sqrt(500), rel=0.08)
+    unpaired = np.hypot(bootstrap(np.mean, a, n_resamples=500).std, bootstrap(np.mean, b, n_resamples=500).std)
+    assert result.std < unpaired / 4
+    with pytest.raises(ValueError, match="same number"):
+        paired_bootstrap(np.mean, a, b[:10])

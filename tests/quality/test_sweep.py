@@ -177,3 +177,17 @@ def test_miniature_job_round_trips_through_its_png(tmp_path):
     assert parse_parameters(png.text["parameters"])["Sampler"] == "DPM++ 2M"
     assert np.array_equal(sweep.read_images(tmp_path / record["image"], job), sweep.generate(job))
     assert 0 <= record["judge_agreement"] <= 1
+
+
+def test_paired_comparison_of_two_cells(tmp_path):
+    from diffusion_notes.quality.shootout import compare_cells
+
+    jobs = [{"model": "digits", "sampler": s, "steps": 4, "seed": seed, "num_images": 10} for s in ("ddim", "euler") for seed in (0, 1)]
+    manifest = write_manifest(tmp_path / "m.jsonl", jobs)
+    sweep.run_sweep(sweep.validate_manifest(manifest), tmp_path / "out", progress=False)
+    cells = sweep.collect(sweep.validate_manifest(manifest), tmp_path / "out", n_resamples=5)["cells"]
+    result = compare_cells(tmp_path / "out", manifest, {"sampler": "ddim"}, {"sampler": "euler"}, n_resamples=20)
+    assert result.value == pytest.approx(cells[0]["fd_digits"] - cells[1]["fd_digits"], rel=1e-12)
+    assert result.std > 0
+    with pytest.raises(ValueError, match="selects 2 cells"):
+        compare_cells(tmp_path / "out", manifest, {"steps": 4}, {"sampler": "euler"})
