@@ -430,7 +430,7 @@ def _write_table(path: Path, rows: list[dict]) -> None:
 def _cell_metrics(jobs: list[Job], outdir: Path, n_resamples: int) -> dict:
     from .mini_sd import judge
     from .quality import bootstrap, precision_recall
-    from .quality.features import digit_features, fd_digits
+    from .quality.features import digit_features, fd_digits, floor
 
     images = np.concatenate([read_images(outdir / "images" / f"{job_hash(j)}.png", j) for j in jobs])
     labels = np.concatenate([j.labels() for j in jobs])
@@ -438,22 +438,22 @@ def _cell_metrics(jobs: list[Job], outdir: Path, n_resamples: int) -> dict:
     features = digit_features(x)
     known = labels >= 0
     agreement = float((judge.predicted_digits(x) == labels)[known].mean()) if known.any() else float("nan")
-    row = {"n": len(features), "fd_digits": math.nan, "fd_digits_std": math.nan, "precision": math.nan,
+    size = jobs[0].size
+    row = {"n": len(features), "floor": floor(size), "fd_digits": math.nan, "fd_digits_std": math.nan, "precision": math.nan,
            "recall": math.nan, "judge_agreement": agreement}
     if len(features) > _K:  # fewer images have no k-th neighbour (and no covariance worth the name)
-        fd = bootstrap(lambda f: fd_digits(features=f), features, n_resamples=n_resamples, seed=0)
-        precision, recall = precision_recall(_train_features(), features, k=_K)
+        fd = bootstrap(lambda f: fd_digits(features=f, size=size), features, n_resamples=n_resamples, seed=0)
+        precision, recall = precision_recall(_train_features(size), features, k=_K)
         row.update(fd_digits=fd.value, fd_digits_std=fd.std, precision=precision, recall=recall)
     return row
 
 
-@lru_cache(maxsize=1)
-def _train_features() -> np.ndarray:
-    """FD-digits features of the training digits: the real set of precision and recall."""
-    from .quality.features import digit_features
-    from .toy.digits import load_split
+@lru_cache(maxsize=4)
+def _train_features(size: int) -> np.ndarray:
+    """FD-digits features of the training digits at image ``size``: the real set of precision and recall."""
+    from .quality.features import digit_features, real_images
 
-    return digit_features(load_split("train")[0])
+    return digit_features(real_images("train", size))
 
 
 def collect(jobs: list[Job], outdir, n_resamples: int = 50) -> dict:
@@ -478,7 +478,7 @@ def collect(jobs: list[Job], outdir, n_resamples: int = 50) -> dict:
         first.pop("seed")
         rows.append({**first, "seeds": len(members), **_cell_metrics(members, outdir, n_resamples)})
     _write_table(outdir / "cells.csv", rows)
-    return {"results": records, "cells": rows, "floor": floor()}
+    return {"results": records, "cells": rows, "floor": {size: floor(size) for size in sorted({j.size for j in unique})}}
 
 
 def _throughput_summary(stats: list[dict]) -> str:
@@ -542,6 +542,7 @@ def main(argv: list[str] | None = None) -> int:
     except ManifestError as err:
         print(f"error: {err.errors[0]}", file=sys.stderr)
         return 2
+    floors = ", ".join(f"{value:.3f} at {size}x{size}" for size, value in summary["floor"].items())
     print(f"wrote {out / 'results.csv'} ({len(summary['results'])} jobs) and {out / 'cells.csv'} "
-          f"({len(summary['cells'])} cells); FD-digits floor (real test vs train digits): {summary['floor']:.3f}")
+          f"({len(summary['cells'])} cells); FD-digits floor (real test vs train digits): {floors}")
     return 0

@@ -18,7 +18,8 @@ grows monotonically in each. Images at the miniature's 32x32 RGB are brought to 
 input first (:func:`diffusion_notes.mini_sd.judge.to_judge_input`: channel mean, 4x4 area average).
 
 The distance of the *held-out* real test digits to the training digits (:func:`floor`) is the best a
-generator of perfect digits could hope for at that sample size; report it beside every FD-digits.
+generator of perfect digits could hope for at that sample size; report it beside every FD-digits. For the
+miniature, reference and floor use the digits as it was trained on them (upsampled to 32x32, ``size=32``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from ..mini_sd.judge import to_judge_input
 from ..toy.digits import load_split
 from .frechet import feature_statistics, frechet_distance
 
-__all__ = ["HIDDEN_UNITS", "fit_feature_network", "digit_features", "reference_statistics", "fd_digits", "floor"]
+__all__ = ["HIDDEN_UNITS", "fit_feature_network", "digit_features", "real_images", "reference_statistics", "fd_digits",
+           "floor"]
 
 #: Width of the feature network's hidden layer: the dimension D of the FD-digits features.
 HIDDEN_UNITS = 64
@@ -56,20 +58,36 @@ def digit_features(images) -> np.ndarray:
     return np.maximum(x @ network.coefs_[0] + network.intercepts_[0], 0.0)
 
 
-@lru_cache(maxsize=2)
-def reference_statistics(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """``(mu, sigma)`` of the FD-digits features of a real split (``"train"``: the reference)."""
-    return feature_statistics(digit_features(load_split(split)[0]))
+@lru_cache(maxsize=8)
+def real_images(split: str = "train", size: int = 8):
+    """The real digits of ``split`` as a model of that ``size`` was trained on them: the 8x8 digits themselves
+    (the digits DDPM), or the miniature's bilinear upsampling to ``size`` x ``size`` RGB
+    (:func:`diffusion_notes.mini_sd.data.load_images`), which the 8x8 judge input then averages back down."""
+    if size == 8:
+        return load_split(split)[0]
+    from ..mini_sd.data import load_images
+
+    return load_images(split, size)[0]
 
 
-def fd_digits(images=None, *, features=None, reference: str = "train") -> float:
-    """FD-digits of a set of images (or of their precomputed ``features``) to the real ``reference`` split."""
+@lru_cache(maxsize=8)
+def reference_statistics(split: str = "train", size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """``(mu, sigma)`` of the FD-digits features of a real split (``"train"``: the reference) at image ``size``."""
+    return feature_statistics(digit_features(real_images(split, size)))
+
+
+def fd_digits(images=None, *, features=None, reference: str = "train", size: int = 8) -> float:
+    """FD-digits of a set of images (or of their precomputed ``features``) to the real ``reference`` split, as
+    seen at image ``size`` (8: the digits themselves; 32: the miniature's upsampled training images)."""
     if (images is None) == (features is None):
         raise ValueError("give either images or features")
     feats = digit_features(images) if features is None else features
-    return frechet_distance(*feature_statistics(feats), *reference_statistics(reference))
+    return frechet_distance(*feature_statistics(feats), *reference_statistics(reference, size))
 
 
-def floor() -> float:
-    """FD-digits of the real held-out test digits (360 images) to the training digits: the floor."""
-    return frechet_distance(*reference_statistics("test"), *reference_statistics("train"))
+def floor(size: int = 8) -> float:
+    """FD-digits of the real held-out test digits (360 images) to the training digits, both at image ``size``: the floor.
+
+    At size 8 it measures the sampling noise of 360 images; at 32 the two sets have also been through the
+    miniature's 8 -> 32 upsampling and the judge's 32 -> 8 average, which is not the identity."""
+    return frechet_distance(*reference_statistics("test", size), *reference_statistics("train", size))

@@ -99,19 +99,17 @@ def plot_fd_against_nfe(ax, cells: list[dict], floor: float | None = None, title
 
 
 def write_figure(cells: list[dict], path, floor: float | None = None) -> None:
-    """The three panels of ``docs/quality.md``: guided with default σ, guided with Karras σ, unguided."""
+    """One panel per guidance scale and σ schedule present in ``cells`` (guided first), FD-digits against NFE."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("guidance 2.0, default σ", dict(guidance=2.0, sigma_schedule="default")),
-              ("guidance 2.0, Karras σ", dict(guidance=2.0, sigma_schedule="karras")),
-              ("no guidance (1.0), default σ", dict(guidance=1.0, sigma_schedule="default"))]
-    panels = [(title, where) for title, where in panels if select(cells, **where)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4.6), sharey=True, squeeze=False)
-    for ax, (title, where) in zip(axes[0], panels):
-        plot_fd_against_nfe(ax, select(cells, **where), floor, title)
+    groups = sorted({(c["guidance"], c["sigma_schedule"]) for c in cells}, key=lambda g: (-g[0], g[1] != "default", g[1]))
+    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 4.6), sharey=True, squeeze=False)
+    for ax, (guidance, schedule) in zip(axes[0], groups):
+        title = f"{'no guidance (1.0)' if guidance == 1 else f'guidance {guidance}'}, {schedule} σ"
+        plot_fd_against_nfe(ax, select(cells, guidance=guidance, sigma_schedule=schedule), floor, title)
         ax.legend(fontsize=6, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -123,14 +121,12 @@ def main(argv=None) -> int:
     tables (guided, unguided) in markdown on stdout."""
     import argparse
 
-    from .features import floor
-
     parser = argparse.ArgumentParser(prog="python -m diffusion_notes.quality.shootout", description=main.__doc__)
     parser.add_argument("cells", help="a sweep's cells.json")
     parser.add_argument("figure", help="where to write the PNG figure")
     args = parser.parse_args(argv)
     cells = load_cells(args.cells)
-    write_figure(cells, args.figure, floor())
+    write_figure(cells, args.figure, cells[0].get("floor"))
     budgets = sorted({c["nfe"] for c in cells} | {5, 8, 10, 15, 20, 30, 50})
     budgets = [b for b in (5, 8, 10, 15, 20, 30, 50) if b in budgets]
     for guidance in sorted({c["guidance"] for c in cells}, reverse=True):
