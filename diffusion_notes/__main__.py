@@ -16,6 +16,7 @@ COMMANDS = {
     "txt2img": ("diffusion_notes.cli", "text-to-image with a Stable Diffusion checkpoint"),
     "img2img": ("diffusion_notes.cli", "image-to-image with a Stable Diffusion checkpoint"),
     "inpaint": ("diffusion_notes.cli", "inpainting with a Stable Diffusion checkpoint"),
+    "sweep": ("diffusion_notes.sweep", "run a manifest of jobs (resumable, sharded with torchrun) and measure FD-digits"),
 }
 
 
