@@ -16,6 +16,7 @@ from . import training_and_ddim  # noqa: F401  (02)
 from . import multistep_and_guidance  # noqa: F401  (03)
 from . import samplers_training_attention  # noqa: F401  (04)
 from . import sigma_view  # noqa: F401  (05)
+from . import inversion_guidance  # noqa: F401  (10) its checkers stay in that module, outside EXERCISES
 from .harness import EXERCISES, checker
 
 globals().update({f"check_{name}": checker(exercise) for name, exercise in EXERCISES.items()})
