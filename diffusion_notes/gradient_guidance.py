@@ -77,14 +77,17 @@ def classifier_guided_eps_model(
 def loss_guided_eps_model(
     eps_model: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     loss: Callable[[torch.Tensor], torch.Tensor],
-    loss_scale: float,
+    loss_scale: float | Callable[[torch.Tensor], torch.Tensor],
     schedule: NoiseSchedule,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     r"""Wrap ``eps_model(x, t)`` (an ε-model) into the loss-guided
     :math:`\hat\epsilon = \epsilon + s\sqrt{1-\bar\alpha_t}\,\nabla_{x_t}L(\hat x_0(x_t))`.
 
     ``loss(pred_x0)`` returns one loss per sample, shape (B,); the gradient passes through the model
-    (one backward pass per step). :func:`classifier_guidance` with :math:`\log p := -L`."""
+    (one backward pass per step). :func:`classifier_guidance` with :math:`\log p := -L`.
+    ``loss_scale``: the number :math:`s`, or a function of :math:`\bar\alpha_t` (a (B, 1, ...) tensor) giving a
+    time-dependent :math:`s(t)` as Bansal et al. use: through :math:`\hat x_0 \approx x_t/\sqrt{\bar\alpha_t}` the
+    gradient grows like :math:`1/\sqrt{\bar\alpha_t}` at high noise, where a constant :math:`s` can blow the sample up."""
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         a_t = alpha_cumprod_at(t, schedule, x)
@@ -93,6 +96,7 @@ def loss_guided_eps_model(
             e_t = eps_model(x_in, t)
             pred_x0 = (x_in - (1 - a_t) ** 0.5 * e_t) / a_t**0.5
             grad_loss = torch.autograd.grad(loss(pred_x0).sum(), x_in)[0]
-        return classifier_guidance(e_t.detach(), -grad_loss, a_t, loss_scale)
+        scale = loss_scale(a_t) if callable(loss_scale) else loss_scale
+        return classifier_guidance(e_t.detach(), -grad_loss, a_t, scale)
 
     return guided
