@@ -23,6 +23,7 @@ from . import sigma_view  # noqa: F401  (05)
 from . import adapters  # noqa: F401  (06)
 from . import derive_and_predict  # noqa: F401  (07) registers its exercises in BEYOND
 from . import loops_and_bugs  # noqa: F401  (08)
+from . import inversion_guidance  # noqa: F401  (10) its checkers stay in that module, outside EXERCISES
 from . import flow_matching  # noqa: F401  (11)
 from . import edm_and_bound  # noqa: F401  (12)
 from .beyond import BEYOND
