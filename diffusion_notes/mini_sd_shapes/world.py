@@ -36,7 +36,7 @@ import torch
 
 __all__ = ["IMAGE_SIZE", "COLOURS", "RGB", "SHAPES", "POSITIONS", "SIZES", "HELD_OUT", "POSITION_CENTRES",
            "SIZE_RANGES", "Scenes", "allowed_pairs", "sample_scenes", "render", "caption", "sample_captions",
-           "WORDS", "POSITION_PHRASES", "TEMPLATES"]
+           "WORDS", "POSITION_PHRASES", "TEMPLATES", "merge_safe_order"]
 
 IMAGE_SIZE = 32
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
@@ -162,9 +162,40 @@ TEMPLATES = ("{a} {obj} {where}", "{obj} {where}", "a picture of {a} {obj} {wher
              "{a} {obj}", "{obj}", "a picture of {a} {obj}")
 _WITH_POSITION, _WITHOUT_POSITION = (0, 1, 2, 3), (4, 5, 6)
 
-#: Every word a caption can use: the tokenizer's vocabulary.
-WORDS = tuple(dict.fromkeys(["a", "an", "picture", "of", "shape", *SIZES, *COLOURS, *SHAPES]
-                            + [w for phrases in POSITION_PHRASES for p in phrases for w in p.split()]))
+def _first_merge_inside(word: str, other: str) -> bool:
+    """Whether ``other``'s first merge (``other[0] other[1]``, with ``</w>`` if ``other`` has two letters)
+    can apply somewhere inside ``word`` other than at its start."""
+    for i in range(1, len(word) - 1):
+        at_end = i + 2 == len(word)
+        if word[i : i + 2] == other[:2] and at_end == (len(other) == 2):
+            return True
+    return False
+
+
+def merge_safe_order(words) -> tuple[str, ...]:
+    """``words`` reordered so that :func:`diffusion_notes.training.build_word_tokenizer` makes each one
+    token. Byte-pair encoding applies the lowest-ranked merge first, and the builder ranks merges in
+    word order; if "red" comes before "green", the merge "r e" (from "red") fires inside "green"
+    before "g r" and "green" never becomes one symbol (issue 20 met the same with "right" and
+    "triangle"). So a word must come before every word whose first merge occurs inside it: a
+    topological order of that relation (Kahn's algorithm, ties in the given order)."""
+    words = list(dict.fromkeys(words))
+    before = {w: {v for v in words if v != w and _first_merge_inside(w, v)} for w in words}  # w before each v
+    waiting = {v: sum(v in after for after in before.values()) for v in words}
+    order = []
+    while len(order) < len(words):
+        ready = [w for w in words if waiting[w] == 0 and w not in order]
+        if not ready:
+            raise ValueError(f"no merge-safe order exists for {sorted(set(words) - set(order))}")
+        order.append(ready[0])
+        for v in before[ready[0]]:
+            waiting[v] -= 1
+    return tuple(order)
+
+
+#: Every word a caption can use, in an order that makes each one CLIP token: the tokenizer's vocabulary.
+WORDS = merge_safe_order(["a", "an", "picture", "of", "shape", *SIZES, *COLOURS, *SHAPES]
+                         + [w for phrases in POSITION_PHRASES for p in phrases for w in p.split()])
 
 
 def caption(colour: int | None, shape: int | None, position: int | None, size: int | None,
