@@ -36,6 +36,7 @@ p.add_argument("--eval-n", type=int, default=100)
 p.add_argument("--eval-steps", type=int, default=20)
 p.add_argument("--sampler", default="dpmpp_2m")
 p.add_argument("--seed", type=int, default=0)
+p.add_argument("--out", default="prototypes/shapes/logs")
 args = p.parse_args()
 torch.set_num_threads(1)
 torch.manual_seed(args.seed)
@@ -105,6 +106,7 @@ for split in ("train", "held_out"):
         print(json.dumps({"set": "seen" if split == "train" else "held_out", "guidance": g,
                           "sampler": args.sampler, "steps": args.eval_steps, **acc,
                           "cpu_s": round(time.process_time() - t, 1)}), flush=True)
-        if g == 7.5:
-            import numpy as np
-            np.save(f"/tmp/shapes_gen_{split}.npy", out.arrays[:32])
+        import numpy as np  # every image and its target, so a later judge can re-read them (rejudge.py)
+        name = "seen" if split == "train" else "held_out"
+        np.savez_compressed(f"{args.out}/gen_{name}_g{g}.npz", arrays=(np.asarray(out.arrays) * 255).round().astype(np.uint8),
+                            **{k: getattr(target, k).numpy() for k in judge.ATTRIBUTES}, prompts=np.array(prompts))
