@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["IMAGE_SIZE", "COLOURS", "RGB", "SHAPES", "POSITIONS", "SIZES", "HELD_OUT", "POSITION_CENTRES",
-           "SIZE_RANGES", "Scenes", "allowed_pairs", "sample_scenes", "render", "caption", "sample_captions",
+           "SIZE_RANGES", "Scenes", "allowed_pairs", "sample_scenes", "coverage", "render", "caption", "sample_captions",
            "WORDS", "POSITION_PHRASES", "TEMPLATES", "merge_safe_order"]
 
 IMAGE_SIZE = 32
