@@ -66,7 +66,7 @@ def format_error_table(errors: dict) -> str:
     for steps in STEP_COUNTS:
         lines.append(f"{steps:>5}  " + "  ".join(f"{errors[s, steps]:9.2e}" for s in ODE_SAMPLERS))
     # Local slopes -d log(error) / d log(steps) between consecutive step counts, not one fitted order: PLMS's error
-    # curve keeps steepening (and its error changes sign past 100 steps, notebook 06), so a single line through it
+    # curve keeps steepening (and its error changes sign past 100 steps, notebook 08), so a single line through it
     # describes none of it.
     lines.append("local slope, -d log(error) / d log(steps):")
     for fewer, more in zip(STEP_COUNTS[:-1], STEP_COUNTS[1:]):

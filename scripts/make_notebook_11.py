@@ -1,4 +1,4 @@
-"""Write notebooks/11_training_latent_diffusion.ipynb (unexecuted); run scripts/run_notebooks.sh on it after."""
+"""Write notebooks/13_training_latent_diffusion.ipynb (unexecuted); run scripts/run_notebooks.sh on it after."""
 import json
 from pathlib import Path
 
@@ -9,7 +9,7 @@ code = lambda s: cells.append({"cell_type": "code", "metadata": {}, "execution_c
 md(r"""
 # 11. Training a latent diffusion model
 
-Notebook 9 ran Stable Diffusion's data flow; this one builds the model that the data flow runs on, from nothing.
+Notebook 12 ran Stable Diffusion's data flow; this one builds the model that the data flow runs on, from nothing.
 It follows the recipe of the miniature shipped with the package (`diffusion_notes/mini_sd/MODEL_CARD.md`,
 retrained by `python -m diffusion_notes train-mini-sd`), at a reduced size so that every step trains in seconds:
 
@@ -295,7 +295,7 @@ tiny KL, and the scale factor $s = 1/\operatorname{std}(z)$ that makes its laten
 autoencoder frozen, the UNet and the text encoder together on LDM Eq. 2: encode, scale, `q_sample`, predict the
 noise from the caption's features, with 10% of the captions empty so that classifier-free guidance has an
 unconditional model to push away from. The result is a `StableDiffusion` like any other: it saves to and loads
-from the original single-file layout, and the pipeline of notebook 9 samples it unchanged.
+from the original single-file layout, and the pipeline of notebook 12 samples it unchanged.
 """)
 
 nb = {"cells": [dict(c, source=c["source"].splitlines(keepends=True)) for c in cells],
@@ -306,4 +306,4 @@ nb = {"cells": [dict(c, source=c["source"].splitlines(keepends=True)) for c in c
       "nbformat": 4, "nbformat_minor": 5}
 for i, c in enumerate(nb["cells"]):
     c["id"] = f"cell-{i:02d}"
-Path("notebooks/11_training_latent_diffusion.ipynb").write_text(json.dumps(nb, indent=1) + "\n")
+Path("notebooks/13_training_latent_diffusion.ipynb").write_text(json.dumps(nb, indent=1) + "\n")

@@ -1,4 +1,4 @@
-"""Notebook 11's reduced miniature, trained longer than the notebook can, with the judge's reading logged on the way.
+"""Notebook 13's reduced miniature, trained longer than the notebook can, with the judge's reading logged on the way.
 
     PYTHONPATH=. python scripts/train_notebook_11.py [--out notebooks/data/11_training_run] [--overwrite]
 

@@ -24,7 +24,7 @@ from urllib.parse import unquote, urlsplit
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = ["book/index.html", "notebooks/03_ddpm.html", "notebooks/05_plms_pndm.html", "notebooks/12_score_and_sde.html",
+PAGES = ["book/index.html", "notebooks/03_ddpm.html", "notebooks/05_plms_pndm.html", "notebooks/06_score_and_sde.html",
          "docs/formulas.html"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
@@ -229,3 +229,23 @@ def test_the_step_viewer_plays_inside_the_book(site, tmp_path):
     assert shown["moved"]["srcs"] != shown["initial"]["srcs"] and all(s.startswith("data:image/png") for s in shown["moved"]["srcs"])
     assert "Adams-Bashforth order 4" in shown["moved"]["formula"]
     assert (shown["next"]["step"], shown["prev"]["step"], shown["last"]["step"]) == ("4", "2", "10")
+
+
+@pytest.mark.parametrize("old", ["12_score_and_sde", "06_samplers_as_ode_solvers", "09_text_to_image", "14_conditioning_internals"])
+def test_old_notebook_pages_redirect_to_the_renumbered_ones(site, old):
+    """Links written before the renumbering (notebooks/README.md, "Renumbered notebooks") still land on the notebook."""
+    renumbered = _conf().RENUMBERED
+    page = site / "notebooks" / f"{old}.html"
+    assert page.exists(), f"no redirect page for {old}"
+    target = re.search(r'http-equiv="refresh" content="0; url=([^"]+)"', page.read_text()).group(1)
+    assert target == f"{renumbered[old]}.html" and (page.parent / target).exists()
+    assert (ROOT / "notebooks" / f"{renumbered[old]}.ipynb").exists() and not (ROOT / "notebooks" / f"{old}.ipynb").exists()
+
+
+def _conf():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("book_conf", ROOT / "book" / "conf.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

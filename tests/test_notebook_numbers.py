@@ -138,7 +138,7 @@ def backed(value: float, decimals: int, percent: bool, printed: list[tuple[float
 
 
 def _chapter(path: Path) -> str:
-    """A main notebook's number (``12`` for ``12_score_and_sde``); none for the exercises."""
+    """A main notebook's number (``12`` for ``06_score_and_sde``); none for the exercises."""
     return "" if path.parent.name == "exercises" else path.name.split("_")[0]
 
 
