@@ -362,10 +362,25 @@ def _unipc(grid, i, options):
     return name, [*lines, _back_to_vp(sigma_next)], c
 
 
+def _lcm(grid, i, options):
+    from .samplers.lcm import lcm_scalings
+
+    t, a_t, a_prev = float(grid.timesteps[i]), float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
+    c_skip, c_out = (float(v) for v in lcm_scalings(t, float(options.get("timestep_scaling", 10.0))))
+    last = i + 1 == grid.num_steps
+    lines = [f"x̂_0 = (x_t − √(1 − ᾱ_t)·ε̂) / √ᾱ_t = (x_t − {_num((1 - a_t) ** 0.5)}·ε̂) / {_num(a_t**0.5)}",
+             f"f = c_skip·x_t + c_out·x̂_0 = {_num(c_skip)}·x_t + {_num(c_out)}·x̂_0  (Luo et al. 2023, Eq. 9)",
+             "x_[prev] = f  (the last step)" if last else
+             f"x_[prev] = √ᾱ_[prev]·f + √(1 − ᾱ_[prev])·z = {_num(a_prev**0.5)}·f + {_num((1 - a_prev) ** 0.5)}·z"]
+    return "LCM, multistep consistency sampling (Song et al. 2023, Alg. 1)", lines, {
+        "a_t": a_t, "a_prev": a_prev, "c_skip": c_skip, "c_out": c_out}
+
+
 #: sampler name -> ``formula(grid, i, options) -> (name, lines, coefficients)``.
 _FORMULAS: dict[str, Callable] = {
     "ddpm": _ddpm, "ddim": _ddim, "plms": _plms, "pndm": _pndm, "euler": _euler, "euler_a": _euler_a, "heun": _heun,
     "lms": _lms, "dpmpp_2m": _dpmpp_2m, "dpmpp_2m_sde": _dpmpp_2m_sde, "dpmpp_2s_a": _dpmpp_2s_a, "unipc": _unipc,
+    "lcm": _lcm,
 }
 
 
