@@ -17,9 +17,11 @@ autoencoder's latents of the training digits, one random caption each:
 
 The LoRA is saved in kohya's format (``lora_unet_*``, float16 factors) beside the other adapters, loaded back
 through ``StableDiffusion.load_lora`` (what ``--lora FILE`` runs), and measured there: the LCM sampler at 1, 2, 4
-steps without guidance (it is folded in) against the teacher with DPM++ 2M and PLMS at 4, 8, 50 steps (guidance
-7.5), by the judge's agreement (:mod:`diffusion_notes.mini_sd.judge`) and FD-digits (:mod:`diffusion_notes.quality`),
-written to ``notebooks/data/lcm_lora_mini_sd.json`` for notebook 19.
+steps without guidance (it is folded in) against the teacher with DPM++ 2M and PLMS at 2, 4, 8, 50 steps and with the
+LCM sampler at 1, 2, 4 (guidance 7.5), by the judge's agreement (:mod:`diffusion_notes.mini_sd.judge`) and FD-digits (:mod:`diffusion_notes.quality`),
+written to ``notebooks/data/lcm_lora_mini_sd.json`` for notebook 19. All cells start from the same seed, hence the
+same :math:`x_T`, so the LoRA and the teacher at the same number of steps are compared by a paired bootstrap of the
+FD-digits difference; "clearly better" means lower by more than two of its standard deviations.
 """
 
 from __future__ import annotations
@@ -34,23 +36,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from diffusion_notes.adapters.lora_training import (attach_lora, kohya_names, kohya_state_dict,  # noqa: E402
                                                    latent_moments, lora_targets)
+from diffusion_notes.checkpoints.metadata import read_header  # noqa: E402
 from diffusion_notes.consistency_distillation import (consistency_distillation_loss,  # noqa: E402
                                                       skipping_step_timesteps)
 from diffusion_notes.mini_sd import judge, load_mini_sd  # noqa: E402
 from diffusion_notes.mini_sd.data import caption, load_images, sample_captions  # noqa: E402
 from diffusion_notes.models.vae import DiagonalGaussianDistribution  # noqa: E402
 from diffusion_notes.quality import features  # noqa: E402
+from diffusion_notes.quality.bootstrap import bootstrap, paired_bootstrap  # noqa: E402
 
 LORA_FILE = ROOT / "diffusion_notes" / "mini_sd" / "adapters" / "lcm_lora.safetensors"
 TABLE_FILE = ROOT / "notebooks" / "data" / "lcm_lora_mini_sd.json"
 GUIDANCE = 7.5  # the miniature's default CFG scale, folded into the teacher's step
+TEACHER_STEPS, LCM_STEPS = (2, 4, 8, 50), (1, 2, 4)
 
 
 def unet_eps(unet, context):
@@ -115,25 +120,38 @@ def generate(sd, sampler: str, steps: int, guidance: float, per_digit: int, seed
     return result.arrays, np.repeat(np.arange(10), per_digit)
 
 
-def measure(sd, label: str, sampler: str, steps: int, guidance: float, per_digit: int, seed: int) -> dict:
+def measure(sd, label: str, sampler: str, steps: int, guidance: float, per_digit: int, seed: int) -> tuple[dict, np.ndarray]:
+    """One cell of the table: judge agreement and FD-digits (± its bootstrap sd); also the FD-digits features."""
     start = time.process_time()
     arrays, asked = generate(sd, sampler, steps, guidance, per_digit, seed)
+    feats = features.digit_features(arrays)
+    fd = bootstrap(lambda f: features.fd_digits(features=f, size=32), feats, n_resamples=100, seed=seed)
     cell = {"model": label, "sampler": sampler, "steps": steps, "guidance": guidance, "images": len(asked),
             "agreement": round(float((judge.predicted_digits(arrays) == asked).mean()), 4),
-            "fd_digits": round(features.fd_digits(arrays, size=32), 3),
-            "cpu_seconds": round(time.process_time() - start, 1)}
+            "fd_digits": round(fd.value, 3), "fd_sd": round(fd.std, 3), "cpu_seconds": round(time.process_time() - start, 1)}
     print(cell, flush=True)
-    return cell
+    return cell, feats
 
 
 def evaluate(lora: Path, per_digit: int, seed: int) -> dict:
+    """Every cell from the same seed, so the same x_T: cells are paired image by image (paired bootstrap)."""
     sd = load_mini_sd(torch_dtype=torch.float32)
-    cells = [measure(sd, "teacher", sampler, steps, GUIDANCE, per_digit, seed)
-             for sampler in ("dpmpp_2m", "plms") for steps in (4, 8, 50)]
-    cells += [measure(sd, "teacher", "lcm", steps, GUIDANCE, per_digit, seed) for steps in (1, 2, 4)]
+    results = [measure(sd, "teacher", sampler, steps, GUIDANCE, per_digit, seed)
+               for sampler in ("dpmpp_2m", "plms") for steps in TEACHER_STEPS]
+    results += [measure(sd, "teacher", "lcm", steps, GUIDANCE, per_digit, seed) for steps in LCM_STEPS]
     sd.load_lora(lora)  # what `--lora FILE` does
-    cells += [measure(sd, "LCM-LoRA", "lcm", steps, 1.0, per_digit, seed) for steps in (1, 2, 4)]
-    return {"cells": cells, "judge_ceiling": round(judge.ceiling(), 4),
+    results += [measure(sd, "LCM-LoRA", "lcm", steps, 1.0, per_digit, seed) for steps in LCM_STEPS]
+    comparisons = []
+    for steps in (2, 4):  # the LCM-LoRA against the teacher's best sampler at the same number of steps
+        (mine, f_mine), = [(c, f) for c, f in results if c["model"] == "LCM-LoRA" and c["steps"] == steps]
+        best, f_best = min(((c, f) for c, f in results if c["model"] == "teacher" and c["steps"] == steps),
+                           key=lambda cf: cf[0]["fd_digits"])
+        diff = paired_bootstrap(lambda f: features.fd_digits(features=f, size=32), f_mine, f_best, n_resamples=100,
+                                seed=seed)
+        comparisons.append({"steps": steps, "teacher_sampler": best["sampler"], "fd_difference": round(diff.value, 3),
+                            "fd_difference_sd": round(diff.std, 3), "clearly_better": bool(diff.value < -2 * diff.std)})
+        print(comparisons[-1], flush=True)
+    return {"cells": [c for c, _ in results], "comparisons": comparisons, "judge_ceiling": round(judge.ceiling(), 4),
             "fd_floor": round(features.floor(size=32), 3), "per_digit": per_digit, "seed": seed}
 
 
@@ -150,7 +168,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--guidance", type=float, default=GUIDANCE, help="the teacher's CFG scale folded into its step")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--per-digit", type=int, default=20, help="images of each digit per measured cell")
+    parser.add_argument("--per-digit", type=int, default=50, help="images of each digit per measured cell")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if not args.evaluate_only:
@@ -177,14 +195,13 @@ def main(argv=None) -> int:
         save_file(tensors, str(args.out), metadata=metadata)
         print(f"wrote {args.out}: {trainable} parameters in {len(wrapped)} layers, {args.out.stat().st_size} bytes, "
               f"{seconds:.0f} s CPU, loss (last 50) {np.mean(losses[-50:]):.5f}")
-        training = {"cpu_seconds": round(seconds), "steps": args.steps, "rank": args.rank, "batch": args.batch,
-                    "trainable_parameters": trainable, "final_loss": round(float(np.mean(losses[-50:])), 5),
-                    "file_bytes": args.out.stat().st_size, "command": command}
-    else:
-        from diffusion_notes.checkpoints.metadata import read_header
-
-        header = read_header(args.out)
-        training = {"cpu_seconds": int(header["diffusion_notes.cpu_seconds"]), "command": header["diffusion_notes.command"]}
+    header = read_header(args.out)  # the training record, from the file itself
+    training = {"cpu_seconds": int(header["diffusion_notes.cpu_seconds"]), "steps": int(header["ss_max_train_steps"]),
+                "rank": int(header["ss_network_dim"]), "batch": int(header["ss_train_batch_size"]),
+                "final_loss": float(header["diffusion_notes.final_loss"]), "file_bytes": args.out.stat().st_size,
+                "trainable_parameters": sum(v.numel() for k, v in load_file(str(args.out)).items()
+                                            if k.endswith(("lora_down.weight", "lora_up.weight"))),
+                "command": header["diffusion_notes.command"]}
     table = {"training": training, **evaluate(args.out, args.per_digit, args.seed)}
     args.table.parent.mkdir(parents=True, exist_ok=True)
     args.table.write_text(json.dumps(table, indent=1) + "\n")
