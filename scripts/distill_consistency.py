@@ -2,7 +2,8 @@
 
     python scripts/distill_consistency.py --out diffusion_notes/toy/weights/digits_lcm.safetensors
 
-Luo et al. 2023, Algorithm 1 (Latent Consistency Distillation), in pixel space on the 8x8 digits:
+Luo et al. 2023, Algorithm 1 (Latent Consistency Distillation; ``diffusion_notes.consistency_distillation``), in
+pixel space on the 8x8 digits:
 
 * the student f_theta(x, t) = c_skip(t) x + c_out(t) x0_hat(eps_theta(x, t, c)) (LCM Eq. 9, samplers.lcm.consistency_function),
   initialised from the teacher, conditioned on the digit label;
@@ -23,20 +24,21 @@ from pathlib import Path
 
 import torch
 
-from diffusion_notes.forward import q_sample
-from diffusion_notes.samplers.ddim import ddim_step
-from diffusion_notes.samplers.lcm import consistency_function
+from diffusion_notes.consistency_distillation import consistency_distillation_loss, skipping_step_timesteps
 from diffusion_notes.toy import NULL_LABEL, load_pretrained, load_split
 from diffusion_notes.toy.pretrained import save_checkpoint
 
-SKIP = 20  # k: 1000 // 50 original inference steps
+
+def conditioned(model, labels):
+    """``eps(x, t)`` of the class-conditional digits model with the labels bound."""
+    return lambda x, t: model(x, t, labels)
 
 
-def consistency(model, x, t, labels, acp):
-    """f(x, t) for integer timesteps t (B,): LCM's c_skip, c_out with timestep_scaling 10."""
-    a = acp[t].reshape(-1, 1, 1, 1)
-    tt = t.to(x.dtype).reshape(-1, 1, 1, 1)
-    return consistency_function(x, model(x, t, labels), a, tt)[0]
+def cfg_branches(model, labels):
+    """``teacher(x, t) -> (eps_uncond, eps_cond)``: both branches of classifier-free guidance in one batch."""
+    def eps(x, t):
+        return model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([torch.full_like(labels, NULL_LABEL), labels])).chunk(2)
+    return eps
 
 
 def main(argv=None) -> int:
@@ -66,17 +68,11 @@ def main(argv=None) -> int:
     for step in range(args.steps):
         idx = torch.randint(0, len(labels), (args.batch_size,), generator=g)
         x0, c = images[idx], labels[idx]
-        n = torch.randint(1, 51, (args.batch_size,), generator=g)
-        t_start = n * SKIP - 1                      # t_{n+k}: 19, 39, ..., 999
-        t_end = (t_start - SKIP).clamp(min=0)       # t_n: one skipping step lower (0 at the bottom)
-        x_t = q_sample(x0, t_start, torch.randn(x0.shape, generator=g), schedule)
-        with torch.no_grad():
-            e_u, e_c = teacher(torch.cat([x_t, x_t]), torch.cat([t_start, t_start]),
-                               torch.cat([torch.full_like(c, NULL_LABEL), c])).chunk(2)
-            e_cfg = e_u + args.guidance * (e_c - e_u)
-            x_prev, _ = ddim_step(x_t, e_cfg, acp[t_start].reshape(-1, 1, 1, 1), acp[t_end].reshape(-1, 1, 1, 1))
-            f_target = consistency(target, x_prev, t_end, c, acp)
-        loss = ((consistency(student, x_t, t_start, c, acp) - f_target) ** 2).mean()
+        t_start, t_end = skipping_step_timesteps(args.batch_size, g)  # t_{n+k} = 20 j - 1, t_n = t_{n+k} - 20 (>= 0)
+        noise = torch.randn(x0.shape, generator=g)
+        teacher_eps = cfg_branches(teacher, c)
+        loss = consistency_distillation_loss(conditioned(student, c), conditioned(target, c), teacher_eps, x0, noise,
+                                             t_start, t_end, acp, args.guidance)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

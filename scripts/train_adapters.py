@@ -33,12 +33,12 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from diffusion_notes.adapters import layer_names  # noqa: E402
+from diffusion_notes.adapters.lora_training import (attach_lora, kohya_names, kohya_state_dict,  # noqa: E402
+                                                   latent_moments, lora_targets)
 from diffusion_notes.mini_sd import tokenizer_path, weights_path  # noqa: E402
 from diffusion_notes.mini_sd.data import TEMPLATES, load_images, sample_captions  # noqa: E402
 from diffusion_notes.models.vae import DiagonalGaussianDistribution  # noqa: E402
@@ -66,85 +66,13 @@ def ink(images: torch.Tensor) -> torch.Tensor:
     return (images.mean(dim=1) > 0).float().mean(dim=(1, 2))
 
 
-@torch.no_grad()
-def latent_moments(sd: StableDiffusion, images: torch.Tensor) -> torch.Tensor:
-    """The frozen encoder's q(z|x) (mean and log-variance), computed once; z is drawn anew at every step."""
-    return sd.vae.quant_conv(sd.vae.encoder(images))
-
-
-# --------------------------------------------------------------------------------------------
-# LoRA
-# --------------------------------------------------------------------------------------------
-
-
-class LoRAWrapped(nn.Module):
-    r"""A frozen layer plus its low-rank path: :math:`h = W_0 x + \frac{\alpha}{r} B A x` (Hu et al. 2021, Eq. 3).
-
-    For a 1x1 convolution :math:`A` and :math:`B` are 1x1 convolutions (sd-scripts' ``LoRAModule``)."""
-
-    def __init__(self, base: nn.Module, rank: int, alpha: float, generator: torch.Generator):
-        super().__init__()
-        self.base, self.scale = base, alpha / rank
-        if isinstance(base, nn.Linear):
-            self.down = nn.Linear(base.in_features, rank, bias=False)
-            self.up = nn.Linear(rank, base.out_features, bias=False)
-        else:
-            self.down = nn.Conv2d(base.in_channels, rank, 1, bias=False)
-            self.up = nn.Conv2d(rank, base.out_channels, 1, bias=False)
-        with torch.no_grad():  # sd-scripts: kaiming_uniform_(a=sqrt(5)) for down, zeros for up
-            bound = 1 / math.sqrt(self.down.weight[0].numel())
-            self.down.weight.copy_(torch.rand(self.down.weight.shape, generator=generator) * 2 * bound - bound)
-            self.up.weight.zero_()
-
-    def forward(self, x):
-        return self.base(x) + self.scale * self.up(self.down(x))
-
-
-def lora_targets(unet: nn.Module) -> list[str]:
-    """sd-scripts' default UNet targets: every Linear and 1x1 convolution inside a transformer block."""
-    return [name for name, module in unet.named_modules()
-            if (".proj_in" in name or ".proj_out" in name or ".transformer_blocks." in name)
-            and (isinstance(module, nn.Linear) or (isinstance(module, nn.Conv2d) and module.kernel_size == (1, 1)))]
-
-
-def attach_lora(sd: StableDiffusion, rank: int, alpha: float, generator: torch.Generator) -> dict[str, LoRAWrapped]:
-    wrapped = {}
-    for name in lora_targets(sd.unet):
-        parent, _, child = name.rpartition(".")
-        module = LoRAWrapped(sd.unet.get_submodule(name), rank, alpha, generator)
-        setattr(sd.unet.get_submodule(parent), child, module)
-        wrapped[name] = module
-    return wrapped
-
-
-def kohya_names(sd: StableDiffusion) -> dict[str, str]:
-    """``{UNet module path: kohya name}`` in SD 1.x's spelling (diffusers module paths with ``_``)."""
-    names = {}
-    for kohya, target in layer_names(sd, "kohya").items():
-        path = target.removeprefix("unet.")
-        if target.startswith("unet.") and kohya != "lora_unet_" + path.replace(".", "_"):  # not the sgm spelling
-            names[path] = kohya
-    return names
-
-
-def kohya_state_dict(names: dict[str, str], wrapped: dict[str, LoRAWrapped], alpha: float) -> dict[str, torch.Tensor]:
-    """The trained factors under their kohya names (``names`` from :func:`kohya_names`, taken before wrapping)."""
-    tensors = {}
-    for path, module in wrapped.items():
-        key = names[path]
-        tensors[f"{key}.lora_down.weight"] = module.down.weight.detach().clone().contiguous()
-        tensors[f"{key}.lora_up.weight"] = module.up.weight.detach().clone().contiguous()
-        tensors[f"{key}.alpha"] = torch.tensor(float(alpha))
-    return tensors
-
-
 def train_lora(steps: int, rank: int, alpha: float, lr: float, batch: int, seed: int, log_every: int = 100):
     sd = load_for_training().requires_grad_(False)
     images, labels = load_images("train")
     moments = latent_moments(sd, mirrored(images))
     g = torch.Generator().manual_seed(seed)
     names = kohya_names(sd)
-    wrapped = attach_lora(sd, rank, alpha, g)
+    wrapped = attach_lora(sd.unet, lora_targets(sd.unet), rank, alpha, g)
     params = [p for m in wrapped.values() for p in (m.down.weight, m.up.weight)]
     for p in params:
         p.requires_grad_(True)

@@ -1,15 +1,18 @@
 r"""Exercises of ``notebooks/exercises/10_inversion_and_guidance.ipynb``: one DDIM inversion step
 (DDIM Eq. 12 run towards more noise), spherical interpolation (Shoemake 1985), the classifier-guidance
-adjustment of :math:`\epsilon` (Dhariwal & Nichol 2021, Algorithm 2) and LCM's consistency function
-(Luo et al. 2023, Eq. 9).
+adjustment of :math:`\epsilon` (Dhariwal & Nichol 2021, Algorithm 2), LCM's consistency function
+(Luo et al. 2023, Eq. 9), one step of multistep consistency sampling (Song et al. 2023, Algorithm 1) and the
+teacher's guided DDIM step of latent consistency distillation (Luo et al. 2023, Algorithm 1, with LCM's
+:math:`\omega`).
 
 Kept out of the shared registry :data:`~diffusion_notes.exercises.EXERCISES` (the lesson's own, as the
 other chapters' exercises are): import the checkers from here,
 ``from diffusion_notes.exercises.inversion_guidance import check_ddim_inversion_step``. The references are
 the library functions (:func:`~diffusion_notes.samplers.ddim.ddim_step`, :func:`~diffusion_notes.inversion.slerp`,
-:func:`~diffusion_notes.gradient_guidance.classifier_guidance`, :func:`~diffusion_notes.samplers.lcm.consistency_function`),
-which ``tests/test_inversion.py``, ``test_gradient_guidance.py`` and ``test_lcm_sampler.py`` check against
-diffusers, scipy and closed forms.
+:func:`~diffusion_notes.gradient_guidance.classifier_guidance`, :func:`~diffusion_notes.samplers.lcm.consistency_function`,
+:func:`~diffusion_notes.samplers.lcm.lcm_step`, :func:`~diffusion_notes.consistency_distillation.guided_teacher_step`),
+which ``tests/test_inversion.py``, ``test_gradient_guidance.py``, ``test_lcm_sampler.py`` and
+``test_consistency_distillation.py`` check against diffusers, scipy, closed forms and brute-force transcriptions.
 """
 
 from __future__ import annotations
@@ -18,16 +21,18 @@ import math
 
 import torch
 
+from ..consistency_distillation import guided_teacher_step
 from ..gradient_guidance import classifier_guidance
 from ..inversion import lerp, slerp
 from ..samplers.ddim import ddim_step
-from ..samplers.lcm import consistency_function
+from ..samplers.lcm import consistency_function, lcm_step
 from ..schedules import NoiseSchedule
 from .cases import gen
 from .harness import F64, Exercise, checker
 
-__all__ = ["INVERSION_STEP", "SLERP", "CLASSIFIER_GUIDANCE", "CONSISTENCY", "check_ddim_inversion_step", "check_slerp",
-           "check_classifier_guided_eps", "check_consistency_function"]
+__all__ = ["INVERSION_STEP", "SLERP", "CLASSIFIER_GUIDANCE", "CONSISTENCY", "LCM_STEP", "TEACHER_STEP",
+           "check_ddim_inversion_step", "check_slerp", "check_classifier_guided_eps", "check_consistency_function",
+           "check_lcm_step", "check_lcm_teacher_step"]
 
 _SD = NoiseSchedule.stable_diffusion()
 
@@ -164,7 +169,82 @@ CONSISTENCY = Exercise(
          "x0_hat = (x - sqrt(1 - a_t) e_t) / sqrt(a_t), f = c_skip x + c_out x0_hat (Luo et al. 2023, Eq. 9).",
 )
 
+# --- one step of multistep consistency sampling -------------------------------------------------
+
+
+def _lcm_step_cases():
+    cases = []  # LCM's 4-step grid 999 -> 759 -> 499 -> 259, and the last levels of a long grid (t = 1: c_skip ~ 0.0025)
+    for k, (t, t_prev) in enumerate([(999, 759), (499, 259), (19, 1), (1, 0)]):
+        g = gen(1400 + k)
+        x = torch.randn(2, 1, 3, 3, generator=g, dtype=F64)
+        e_t = torch.randn(2, 1, 3, 3, generator=g, dtype=F64)
+        noise = torch.randn(2, 1, 3, 3, generator=g, dtype=F64)
+        cases.append((f"t = {t} -> {t_prev}", dict(x=x, e_t=e_t, a_t=_acp(t), t=t, a_prev=_acp(t_prev), noise=noise)))
+    return cases
+
+
+def _renoised_x0_hat(x, e_t, a_t, t, a_prev, noise):
+    x0_hat = (x - (1 - a_t) ** 0.5 * e_t) / a_t**0.5
+    return a_prev**0.5 * x0_hat + (1 - a_prev) ** 0.5 * noise
+
+
+LCM_STEP = Exercise(
+    name="lcm_step",
+    signature="(x, e_t, a_t, t, a_prev, noise) -> x_prev",
+    reference=lambda x, e_t, a_t, t, a_prev, noise: lcm_step(x, e_t, a_t, t, a_prev, noise)[0],
+    cases=_lcm_step_cases,
+    mistakes=[
+        (lambda x, e_t, a_t, t, a_prev, noise: lcm_step(x, e_t, a_t, t, a_prev, e_t)[0],
+         "that re-noises with the model's own e_t, a deterministic DDIM step; consistency sampling forgets the path and adds FRESH noise z."),
+        (lambda x, e_t, a_t, t, a_prev, noise: a_prev**0.5 * consistency_function(x, e_t, a_t, t)[0] + (1 - a_prev) * noise,
+         "the noise is scaled by the standard deviation sqrt(1 - a_prev), not the variance 1 - a_prev."),
+        (lambda x, e_t, a_t, t, a_prev, noise: lcm_step(x, e_t, a_t, t, a_t, noise)[0],
+         "re-noise to the NEXT level: sqrt(a_prev) f + sqrt(1 - a_prev) z; a_t is the level you came from."),
+        (_renoised_x0_hat,
+         "re-noise f(x, t) = c_skip x + c_out x0_hat, not x0_hat alone (they differ where c_skip is not negligible, e.g. t = 1)."),
+    ],
+    hint="f = c_skip(t) x + c_out(t) x0_hat (your consistency_function), then x_prev = sqrt(a_prev) f + sqrt(1 - a_prev) noise "
+         "(Song et al. 2023, Algorithm 1).",
+)
+
+# --- the teacher's guided step of latent consistency distillation -------------------------------
+
+
+def _teacher_cases():
+    cases = []  # LCM's skipping step k = 20 on its 50-level grid, at several guidance strengths omega
+    for k, (t, omega) in enumerate([(999, 6.5), (499, 2.0), (39, 0.0)]):
+        g = gen(1500 + k)
+        x_t = torch.randn(2, 4, 2, 2, generator=g, dtype=F64)
+        e_u, e_c = torch.randn(2, 4, 2, 2, generator=g, dtype=F64), torch.randn(2, 4, 2, 2, generator=g, dtype=F64)
+        cases.append((f"t = {t} -> {t - 20}, omega = {omega:g}",
+                      dict(x_t=x_t, eps_uncond=e_u, eps_cond=e_c, omega=omega, a_t=_acp(t), a_prev=_acp(t - 20))))
+    return cases
+
+
+TEACHER_STEP = Exercise(
+    name="lcm_teacher_step",
+    signature="(x_t, eps_uncond, eps_cond, omega, a_t, a_prev) -> x_prev",
+    reference=lambda x_t, eps_uncond, eps_cond, omega, a_t, a_prev:
+        guided_teacher_step(x_t, eps_uncond, eps_cond, a_t, a_prev, guidance_scale=1 + omega),
+    cases=_teacher_cases,
+    mistakes=[
+        (lambda x_t, eps_uncond, eps_cond, omega, a_t, a_prev: guided_teacher_step(x_t, eps_uncond, eps_cond, a_t, a_prev, omega),
+         "LCM's omega is not the CFG scale s: eps = (1 + omega) eps_cond - omega eps_uncond, i.e. s = 1 + omega (omega = 0 is the conditional model)."),
+        (lambda x_t, eps_uncond, eps_cond, omega, a_t, a_prev: guided_teacher_step(x_t, eps_cond, eps_uncond, a_t, a_prev, 1 + omega),
+         "the branches are swapped: guidance pushes AWAY from the unconditional prediction, (1 + omega) eps_cond - omega eps_uncond."),
+        (lambda x_t, eps_uncond, eps_cond, omega, a_t, a_prev:
+            guided_teacher_step(x_t, eps_cond, eps_cond, a_t, a_prev, 1.0) + omega * (eps_cond - eps_uncond),
+         "guidance acts on eps before the DDIM step, not on the result: compute the guided eps first, then one DDIM step with it."),
+        (lambda x_t, eps_uncond, eps_cond, omega, a_t, a_prev: guided_teacher_step(x_t, eps_uncond, eps_cond, a_prev, a_t, 1 + omega),
+         "a_t and a_prev are swapped: the teacher steps from x_t at a_t DOWN to the less noisy a_prev."),
+    ],
+    hint="eps = (1 + omega) eps_cond - omega eps_uncond (LCM Sec. 4.2), x0_hat = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), "
+         "x_prev = sqrt(a_prev) x0_hat + sqrt(1 - a_prev) eps (one DDIM step, Eq. 12 with eta = 0).",
+)
+
 check_ddim_inversion_step = checker(INVERSION_STEP)
 check_slerp = checker(SLERP)
 check_classifier_guided_eps = checker(CLASSIFIER_GUIDANCE)
 check_consistency_function = checker(CONSISTENCY)
+check_lcm_step = checker(LCM_STEP)
+check_lcm_teacher_step = checker(TEACHER_STEP)

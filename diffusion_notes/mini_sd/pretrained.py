@@ -36,9 +36,10 @@ def tokenizer_path() -> Path:
     return weights_dir() / TOKENIZER_NAME
 
 
-def load_mini_sd(torch_dtype: torch.dtype | None = None, device=None):
-    """The shipped miniature as a ``StableDiffusion`` (float32 on the CPU unless told otherwise)."""
+def load_mini_sd(torch_dtype: torch.dtype | None = None, device=None, prepack: bool | None = None):
+    """The shipped miniature as a ``StableDiffusion`` (float32 on the CPU unless told otherwise);
+    ``prepack=False`` keeps plain (trainable) convolutions."""
     from ..stable_diffusion import StableDiffusion
 
     return StableDiffusion.from_single_file(weights_path(), tokenizer=tokenizer_path(), torch_dtype=torch_dtype,
-                                            device=device)
+                                            device=device, prepack=prepack)

@@ -31,7 +31,7 @@ import numpy as np
 
 from .registry import Step, register
 
-__all__ = ["lcm_scalings", "consistency_function", "lcm_timesteps", "sample_lcm", "SIGMA_DATA"]
+__all__ = ["lcm_scalings", "consistency_function", "lcm_step", "lcm_timesteps", "sample_lcm", "SIGMA_DATA"]
 
 #: :math:`\sigma_{data}` of the boundary-condition scalings (Song et al. 2023, App. C; LCM keeps 0.5).
 SIGMA_DATA = 0.5
@@ -58,6 +58,16 @@ def consistency_function(x, e_t, a_t, t, timestep_scaling: float = 10.0):
     return c_skip * x + c_out * pred_x0, pred_x0
 
 
+def lcm_step(x, e_t, a_t, t, a_prev, noise, timestep_scaling: float = 10.0):
+    r"""One step of multistep consistency sampling that is not the last: :math:`f_\theta(x_t, t)` re-noised to
+    :math:`\bar\alpha_{prev}` with fresh noise ``noise``, :math:`x_{prev} = \sqrt{a_{prev}}\,f_\theta + \sqrt{1-a_{prev}}\,z`;
+    returns ``(x_prev, denoised)``.
+
+    Song et al. 2023, Alg. 1; diffusers: ``LCMScheduler.step`` (``prev_sample``, ``denoised``)."""
+    denoised, _ = consistency_function(x, e_t, a_t, t, timestep_scaling)
+    return a_prev**0.5 * denoised + (1 - a_prev) ** 0.5 * noise, denoised
+
+
 def lcm_timesteps(steps: int, original_inference_steps: int = 50, num_train_timesteps: int = 1000) -> np.ndarray:
     r"""diffusers' LCM timesteps, ascending: ``steps`` evenly chosen (floor of a linspace) among the
     distillation grid :math:`t = k\,j - 1`, :math:`j = 1..N`, :math:`k = T // N`, N = ``original_inference_steps``.
@@ -81,9 +91,9 @@ def sample_lcm(model, x, grid, noise, timestep_scaling: float = 10.0):
     Song et al. 2023, Alg. 1; diffusers: ``LCMScheduler``."""
     for i in range(grid.num_steps):
         t, a_t, a_prev = float(grid.timesteps[i]), float(grid.alphas_cumprod[i]), float(grid.alphas_cumprod[i + 1])
-        denoised, _ = consistency_function(x, model(x, t), a_t, t, timestep_scaling)
+        e_t = model(x, t)
         if i + 1 < grid.num_steps:
-            x = a_prev**0.5 * denoised + (1 - a_prev) ** 0.5 * noise()
+            x, denoised = lcm_step(x, e_t, a_t, t, a_prev, noise(), timestep_scaling)
         else:
-            x = denoised
+            x = denoised = consistency_function(x, e_t, a_t, t, timestep_scaling)[0]
         yield Step(i, t, float(grid.sigmas[i]), x, denoised)  # the step's x0 estimate: f, not x0_hat

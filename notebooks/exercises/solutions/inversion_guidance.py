@@ -30,3 +30,14 @@ def consistency_function(x, e_t, a_t, t):
     c_out = c / math.sqrt(c**2 + 0.25)
     x0_hat = (x - math.sqrt(1 - a_t) * e_t) / math.sqrt(a_t)
     return c_skip * x + c_out * x0_hat
+
+
+def lcm_step(x, e_t, a_t, t, a_prev, noise):
+    f = consistency_function(x, e_t, a_t, t)
+    return math.sqrt(a_prev) * f + math.sqrt(1 - a_prev) * noise
+
+
+def lcm_teacher_step(x_t, eps_uncond, eps_cond, omega, a_t, a_prev):
+    eps = (1 + omega) * eps_cond - omega * eps_uncond
+    x0_hat = (x_t - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    return math.sqrt(a_prev) * x0_hat + math.sqrt(1 - a_prev) * eps
