@@ -85,5 +85,7 @@ for step in range(1, args.steps + 1):
         print(f"step {step} loss {sum(losses[-50:]) / 50:.5f} cpu {cpu:.1f}", flush=True)
     if step % args.eval_every == 0 or step == args.steps:
         evaluate(step, cpu)
+        if args.save:
+            torch.save(vae.state_dict(), args.save.replace(".pt", f"_s{step}.pt"))
 if args.save:
     torch.save(vae.state_dict(), args.save)
