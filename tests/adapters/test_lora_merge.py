@@ -41,18 +41,19 @@ def test_each_layer_gains_alpha_over_rank_times_up_after_down(pair):
     for layer in lora_layers(state, sd):
         key = layer.target.removeprefix("unet.").removeprefix("prompt_encoder.") + ".weight"
         key = ("unet." if layer.target.startswith("unet.") else "prompt_encoder.") + key
-        delta = after[key] - before[key]
+        # float64 from here on: only the merge's own float32 rounding is under test, not this CPU's kernels
+        delta = (after[key] - before[key]).double()
         factor = 0.6 * layer.alpha / 4
         if delta.dim() == 2:
-            x = torch.randn(3, delta.shape[1], generator=g)
-            expected = factor * F.linear(F.linear(x, layer.down.flatten(1)), layer.up.flatten(1))
+            x = torch.randn(3, delta.shape[1], generator=g, dtype=torch.float64)
+            expected = factor * F.linear(F.linear(x, layer.down.flatten(1).double()), layer.up.flatten(1).double())
             got = F.linear(x, delta)
         else:
-            x = torch.randn(1, delta.shape[1], 6, 6, generator=g)
+            x = torch.randn(1, delta.shape[1], 6, 6, generator=g, dtype=torch.float64)
             pad = delta.shape[-1] // 2
             down = layer.down if layer.down.dim() == 4 else layer.down[:, :, None, None]
             up = layer.up if layer.up.dim() == 4 else layer.up[:, :, None, None]
-            expected = factor * F.conv2d(F.conv2d(x, down, padding=pad), up)
+            expected = factor * F.conv2d(F.conv2d(x, down.double(), padding=pad), up.double())
             got = F.conv2d(x, delta, padding=pad)
         kinds.add((delta.dim(), delta.shape[-1] if delta.dim() == 4 else 0))
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)

@@ -74,3 +74,28 @@ def test_gpu_benchmark_dry_run_writes_its_json_and_table(tmp_path):
     assert {r["family"] for r in measured} == {"sd1", "sdxl"} and {r["batch"] for r in measured} == {1, 4}
     assert all(r["ours"]["images_per_s"] > 0 and r["diffusers"]["images_per_s"] > 0 for r in measured)
     assert (tmp_path / "gpu.md").read_text().startswith("| model")
+
+
+def test_first_picture_benchmark_times_fresh_processes(tmp_path):
+    from benchmarks import first_picture, loading
+
+    loading.make(tmp_path, size="tiny")
+    out = first_picture.run(tmp_path, rounds=1, names=["ours fp32", "diffusers fp32"], until="step", side=16,
+                            steps=2, threads=1)
+    rows = _rows(out)
+    assert [row[0] for row in rows] == ["ours fp32", "diffusers fp32"] and rows[0][1] == "float32"
+    assert all(float(row[3].split()[0]) > 0 for row in rows)  # a peak RSS was read for each child
+    assert all("first UNet step" in row[4] for row in rows) and rows[1][-1] == "1.00"
+
+
+def test_unet_flops_benchmark_counts_work_and_profiles_it():
+    from benchmarks import unet_flops
+
+    out = unet_flops.main(["--size", "tiny", "--sides", "8", "--precisions", "fp32", "--repeats", "1",
+                           "--warmup", "0", "--gemm", "256", "--threads", "1"])
+    work, profile = out.split("\n\n")
+    rows = _rows(work)
+    assert rows[0][0] == "2x4x8x8" and rows[0][1].split()[0] == "fp32"
+    assert float(rows[0][2]) > 0 and rows[0][-1].endswith("%")
+    shares = [float(part.split()[-1].rstrip("%")) for part in _rows(profile)[0][2].split(", ")]
+    assert "convolution" in _rows(profile)[0][2] and abs(sum(shares) - 100) <= len(shares)  # shares add up to all

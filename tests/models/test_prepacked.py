@@ -131,3 +131,25 @@ def test_prepack_and_unpack_a_network():
     assert all(type(m) is nn.Conv2d for m in net.modules() if isinstance(m, nn.Conv2d) or "Conv" in type(m).__name__)
     assert all(p.requires_grad for p in net.parameters())
     assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), ref.state_dict().values()))
+
+
+def test_each_reorder_hands_freed_heap_back_to_the_system(monkeypatch):
+    """Prepacking frees the plain weight; glibc keeps small freed blocks in its heap unless trimmed. Every reorder
+    must call malloc_trim(0) (the RSS saving itself is measured in docs/benchmarks.md, benchmark 7, not here)."""
+    import platform
+
+    from diffusion_notes.models import prepacked
+
+    if platform.libc_ver()[0] == "glibc":
+        assert prepacked._malloc_trim() is not None  # found in the running C library
+    calls = []
+    monkeypatch.setattr(prepacked, "_malloc_trim", lambda: calls.append)
+    packed = PrepackedConv2d(_conv(8, 16, 3, 1, 1, 1))
+    with torch.inference_mode():
+        packed(torch.randn(1, 8, 6, 6))
+        packed(torch.randn(1, 8, 6, 6))  # same shape: no new reorder, no trim
+        assert calls == [0]
+        packed(torch.randn(1, 8, 7, 7))  # a new shape: reordered again, trimmed again
+    assert calls == [0, 0]
+    monkeypatch.setattr(prepacked, "_malloc_trim", lambda: None)  # no malloc_trim (musl, macOS): a no-op
+    prepacked.return_freed_memory()
