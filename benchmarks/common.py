@@ -46,6 +46,19 @@ def machine() -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def requested_dtypes(precisions: list[str]) -> list[torch.dtype]:
+    """The dtypes named by ``--precisions`` (``fp32``, ``bf16``, ``fp16``, or ``default``: this CPU's default dtype,
+    ``diffusion_notes.precision``), in order, each once."""
+    from diffusion_notes.precision import default_dtype, resolve_dtype
+
+    dtypes = []
+    for name in precisions:
+        dtype = default_dtype("cpu") if name == "default" else resolve_dtype(name, "cpu")
+        if dtype not in dtypes:
+            dtypes.append(dtype)
+    return dtypes
+
+
 def unet_pair(size: str = "full", seed: int = 0, prepack: bool = True):
     """``(ours, theirs, context_dim)``: diffusers' UNet with random weights and ours holding the same tensors.
 

@@ -22,9 +22,9 @@ from collections import defaultdict
 
 import torch
 
-from diffusion_notes.precision import default_dtype, dtype_name, resolve_dtype
+from diffusion_notes.precision import default_dtype, dtype_name
 
-from .common import configure_threads, machine, ours_holding, run_ours, table, unet_inputs
+from .common import configure_threads, machine, ours_holding, requested_dtypes, run_ours, table, unet_inputs
 from .random_models import sd15_unet
 
 #: operator name fragments -> class (first match wins)
@@ -107,11 +107,7 @@ def main(argv=None) -> str:
     plain = ours_holding(theirs, prepack=False)
     context_dim = plain.config.context_dim
     cpu_default = default_dtype("cpu")
-    dtypes = []
-    for name in args.precisions:
-        dtype = cpu_default if name == "default" else resolve_dtype(name, "cpu")
-        if dtype not in dtypes:
-            dtypes.append(dtype)
+    dtypes = requested_dtypes(args.precisions)
     rows, profiles = [], []
     for dtype in dtypes:
         peak = gemm_peak(dtype, args.gemm)

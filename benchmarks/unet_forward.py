@@ -15,10 +15,10 @@ import argparse
 
 import torch
 
-from diffusion_notes.precision import default_dtype, dtype_name, resolve_dtype
+from diffusion_notes.precision import default_dtype, dtype_name
 
-from .common import (alternate, configure_threads, machine, ours_holding, run_ours, run_theirs, table, unet_inputs,
-                     unet_pair)
+from .common import (alternate, configure_threads, machine, ours_holding, requested_dtypes, run_ours, run_theirs, table,
+                     unet_inputs, unet_pair)
 
 
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -43,11 +43,7 @@ def main(argv=None) -> str:
     ours, theirs, context_dim = unet_pair(args.size)
     plain = ours_holding(theirs, prepack=False) if args.plain else None
     cpu_default = default_dtype("cpu")
-    dtypes = []
-    for name in args.precisions:
-        dtype = cpu_default if name == "default" else resolve_dtype(name, "cpu")
-        if dtype not in dtypes:
-            dtypes.append(dtype)
+    dtypes = requested_dtypes(args.precisions)
     rows = []
     for dtype in dtypes:  # fp32 first: ours shares diffusers' tensors until it is cast
         ours = ours.to(dtype)

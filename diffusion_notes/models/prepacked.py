@@ -40,8 +40,8 @@ from torch import nn
 
 from ..hardware import cpu_support
 
-__all__ = ["PrepackedConv2d", "prepack_convolutions", "unpack_convolutions", "prepacking_available", "return_freed_memory",
-           "convolutions_channels_last", "runs_channels_last"]
+__all__ = ["PrepackedConv2d", "prepack_convolutions", "unpack_convolutions", "prepacking_available",
+           "return_freed_memory", "convolutions_channels_last", "runs_channels_last"]
 
 
 def prepacking_available() -> bool:
