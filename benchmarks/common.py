@@ -10,8 +10,11 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
@@ -44,6 +47,22 @@ def machine() -> str:
 # --------------------------------------------------------------------------------------------
 # models with identical weights
 # --------------------------------------------------------------------------------------------
+
+
+def timed_child(command: list[str]) -> tuple[float, float, list[str]]:
+    """Run ``command`` as a fresh process from the repository root: (wall seconds from start to exit, peak RSS in
+    GiB (the kernel's ``ru_maxrss`` from ``os.wait4``, what ``/usr/bin/time -v`` prints), its stdout lines)."""
+    with tempfile.TemporaryFile("w+") as out:
+        start = time.perf_counter()
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
+        _, status, usage = os.wait4(child.pid, 0)
+        wall = time.perf_counter() - start
+        out.seek(0)
+        lines = out.read().strip().splitlines()
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0 or not lines:
+        raise RuntimeError(f"the child process failed (exit {code}); run `{' '.join(command)}`")
+    return wall, usage.ru_maxrss / 2**20, lines  # ru_maxrss is in KiB on Linux
 
 
 def requested_dtypes(precisions: list[str]) -> list[torch.dtype]:

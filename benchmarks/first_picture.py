@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -86,26 +84,12 @@ def one(library: str, precision: str, folder: Path, until: str, side: int, steps
     return {"phases": phases, "dtype": str(dtype).removeprefix("torch.")}
 
 
-def _timed_child(command: list[str]) -> tuple[float, float, list[str]]:
-    """(wall seconds from start to exit, peak RSS GiB, stdout lines) of one fresh process."""
-    with tempfile.TemporaryFile("w+") as out:
-        start = time.perf_counter()
-        child = subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL, cwd=ROOT)
-        _, status, usage = os.wait4(child.pid, 0)
-        wall = time.perf_counter() - start
-        out.seek(0)
-        lines = out.read().strip().splitlines()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise RuntimeError(f"the child process failed (exit {os.waitstatus_to_exitcode(status)}): {' '.join(command)}")
-    return wall, usage.ru_maxrss / 2**20, lines  # ru_maxrss is in KiB on Linux
-
-
 def _spread(values: list[float], digits: str = ".3g") -> str:
     return f"{statistics.median(values):{digits}} ({min(values):{digits}}-{max(values):{digits}})"
 
 
 def run(folder: Path, rounds: int, names: list[str], until: str, side: int, steps: int, threads: int | None) -> str:
-    from .common import table
+    from .common import table, timed_child  # not at the top: a child (`one`) times its own torch import
 
     results = {name: [] for name in names}
     for _ in range(rounds):
@@ -115,7 +99,7 @@ def run(folder: Path, rounds: int, names: list[str], until: str, side: int, step
                        "--until", until, "--side", str(side), "--steps", str(steps)]
             if threads:
                 command += ["--threads", str(threads)]
-            wall, rss, lines = _timed_child(command)
+            wall, rss, lines = timed_child(command)
             results[name].append((wall, rss, json.loads(lines[-1])))
     reference = results.get("diffusers fp32")
     ref_wall = statistics.median(w for w, _, _ in reference) if reference else None
@@ -146,7 +130,7 @@ def run(folder: Path, rounds: int, names: list[str], until: str, side: int, step
 
 def miniature(rounds: int, prompt: str = "a handwritten seven") -> str:
     """The miniature's first command vs importing torch + transformers' CLIPTextModel, fresh processes."""
-    from .common import machine, table
+    from .common import machine, table, timed_child
 
     commands = {
         "import torch, transformers, CLIPTextModel": [sys.executable, "-c",
@@ -160,7 +144,7 @@ def miniature(rounds: int, prompt: str = "a handwritten seven") -> str:
             commands["python -m diffusion_notes txt2img"] = [
                 sys.executable, "-m", "diffusion_notes", "txt2img", "--prompt", prompt, "--outdir", f"{tmp}/{round_}"]
             for name, command in commands.items():
-                wall, rss, _ = _timed_child(command)
+                wall, rss, _ = timed_child(command)
                 walls[name].append(wall)
                 rsss[name].append(rss)
     base = statistics.median(walls["import torch, transformers, CLIPTextModel"])

@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -98,15 +95,10 @@ def _child(name: str, folder: Path, side: int, threads: int | None) -> tuple[dic
     command = [sys.executable, "-m", "benchmarks.loading", "one", library, precision, str(folder), "--side", str(side)]
     if threads:
         command += ["--threads", str(threads)]
-    with tempfile.TemporaryFile("w+") as out:
-        child = subprocess.Popen(command, stdout=out, stderr=subprocess.DEVNULL, cwd=Path(__file__).resolve().parents[1])
-        _, status, usage = os.wait4(child.pid, 0)
-        child.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        lines = out.read().strip().splitlines()
-    if child.returncode != 0 or not lines:
-        raise RuntimeError(f"{name}: the child process failed (exit {child.returncode}); run `{' '.join(command)}`")
-    return json.loads(lines[-1]), usage.ru_maxrss / 2**20  # ru_maxrss is in KiB on Linux
+    from .common import timed_child
+
+    _, rss, lines = timed_child(command)
+    return json.loads(lines[-1]), rss
 
 
 def run(folder: Path, rounds: int, names: list[str], side: int, threads: int | None) -> str:
