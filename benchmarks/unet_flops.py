@@ -11,6 +11,8 @@
   convolutions), batch 2 (the CFG pair).
 * **Where the rest goes**: ``torch.profiler`` self CPU time per operator, grouped into classes
   (convolution, linear layers, attention, normalisation, element-wise and layout, other).
+* ``--against-diffusers``: the same profile of diffusers' ``UNet2DConditionModel`` on the same weights, in
+  fp32 (its default), with seconds per class for both sides: where a ratio of forward times comes from.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import torch
 
 from diffusion_notes.precision import default_dtype, dtype_name
 
-from .common import configure_threads, machine, ours_holding, requested_dtypes, run_ours, table, unet_inputs
+from .common import (configure_threads, machine, ours_holding, requested_dtypes, run_ours, run_theirs, table,
+                     unet_inputs)
 from .random_models import sd15_unet
 
 #: operator name fragments -> class (first match wins)
@@ -77,17 +80,36 @@ def time_forward(unet, x, t, context, repeats: int, warmup: int) -> list[float]:
     return seconds
 
 
-def profile_classes(unet, x, t, context) -> dict[str, float]:
-    """Share of the forward's self CPU time per operator class."""
+def class_seconds(unet, x, t, context, run=run_ours) -> dict[str, float]:
+    """Self CPU seconds of one forward per operator class (largest first), ``run`` calling the network."""
     from torch.profiler import ProfilerActivity, profile
 
     with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
-        run_ours(unet, x, t, context)
+        run(unet, x, t, context)
     by_class = defaultdict(float)
     for event in prof.key_averages():
-        by_class[op_class(event.key)] += event.self_cpu_time_total
-    total = sum(by_class.values())
-    return {k: v / total for k, v in sorted(by_class.items(), key=lambda kv: -kv[1])}
+        by_class[op_class(event.key)] += event.self_cpu_time_total / 1e6
+    return dict(sorted(by_class.items(), key=lambda kv: -kv[1]))
+
+
+def profile_classes(unet, x, t, context) -> dict[str, float]:
+    """Share of the forward's self CPU time per operator class."""
+    seconds = class_seconds(unet, x, t, context)
+    total = sum(seconds.values())
+    return {k: v / total for k, v in seconds.items()}
+
+
+def compare_profiles(ours, theirs, x, t, context) -> list[list[str]]:
+    """Per operator class: self CPU seconds of ours and of diffusers' forward, and their ratio (one profiled
+    forward each, after one unprofiled warm-up each)."""
+    with torch.inference_mode():
+        run_ours(ours, x, t, context)
+        run_theirs(theirs, x, t, context)
+    a, b = class_seconds(ours, x, t, context), class_seconds(theirs, x, t, context, run_theirs)
+    rows = [[k, f"{a.get(k, 0.0):.3f}", f"{b.get(k, 0.0):.3f}", f"{a.get(k, 0.0) / b[k]:.2f}" if b.get(k) else "-"]
+            for k in sorted(set(a) | set(b), key=lambda k: -b.get(k, 0.0))]
+    total_a, total_b = sum(a.values()), sum(b.values())
+    return rows + [["all", f"{total_a:.3f}", f"{total_b:.3f}", f"{total_a / total_b:.2f}"]]
 
 
 def main(argv=None) -> str:
@@ -100,6 +122,8 @@ def main(argv=None) -> str:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--gemm", type=int, default=4096, help="side of the peak-measuring matrix product")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--against-diffusers", action="store_true",
+                   help="also profile diffusers' UNet in fp32 and compare seconds per operator class")
     args = p.parse_args(argv)
     threads = configure_threads(args.threads)
     torch.manual_seed(0)
@@ -108,7 +132,7 @@ def main(argv=None) -> str:
     context_dim = plain.config.context_dim
     cpu_default = default_dtype("cpu")
     dtypes = requested_dtypes(args.precisions)
-    rows, profiles = [], []
+    rows, profiles, comparisons = [], [], []
     for dtype in dtypes:
         peak = gemm_peak(dtype, args.gemm)
         prepacked = ours_holding(theirs, prepack=True).to(dtype)
@@ -125,10 +149,16 @@ def main(argv=None) -> str:
             profiles.append([f"{args.batch}x4x{side}x{side}", label] +
                             [", ".join(f"{k} {v:.0%}" for k, v in shares.items())])
             print(f"  measured {side}x{side} in {label}", flush=True)
+            if args.against_diffusers:
+                comparisons.append((f"{args.batch}x4x{side}x{side}", label,
+                                    compare_profiles(prepacked, theirs, x, t, context)))
         del prepacked
     out = table(["latents", "ours in", "GFLOP per forward", "forward s (spread)", "achieved GFLOP/s",
                  f"torch.mm {args.gemm}^3 GFLOP/s", "achieved / peak"], rows)
     out += "\n\n" + table(["latents", "ours in", "self CPU time by operator class"], profiles)
+    for latents, label, rows_here in comparisons:
+        out += (f"\n\n{latents}, ours in {label} against diffusers fp32, self CPU seconds of one forward:\n" +
+                table(["operator class", "ours s", "diffusers s", "ours / diffusers"], rows_here))
     params = sum(q.numel() for q in theirs.parameters()) / 1e6
     print(f"UNet forward ({params:.1f}M parameters, prepacked as loaded) against this CPU's matrix-product peak; "
           f"median of {args.repeats}; {machine()} ({threads} threads)")

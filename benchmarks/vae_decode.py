@@ -1,21 +1,25 @@
-"""Benchmark 3b: the VAE decode of txt2img alone, ours vs diffusers' ``AutoencoderKL``, on the CPU, fp32.
+"""Benchmark 3b: the VAE decode of txt2img alone, ours vs diffusers' ``AutoencoderKL`` (fp32), on the CPU.
 
     OMP_WAIT_POLICY=PASSIVE python -m benchmarks.vae_decode --sides 32 64      # 256x256 and 512x512 images
 
 The SD 1.5 autoencoder (83.7M parameters) with random weights; ours holds diffusers' very tensors
 (renamed by ``checkpoints.diffusers_layout``, shared). "ours" is the decoder as the loaders leave it
 for the CPU, convolutions prepacked (``models.prepacked``); ``--plain`` adds ours with plain
-``nn.Conv2d``. Batch 1, one warm-up round, then alternated rounds; medians, min-max spread and the
-relative error of the image.
+``nn.Conv2d``; ``--precisions fp32 default`` adds ours in this CPU's default dtype (bf16 where the CPU has
+native bf16), against diffusers in fp32, its default. Batch 1, one warm-up round, then alternated rounds;
+medians, min-max spread and the relative error of the image.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 
 import torch
 
-from .common import alternate, configure_threads, machine, table
+from diffusion_notes.precision import default_dtype, dtype_name
+
+from .common import alternate, configure_threads, machine, requested_dtypes, table
 from .random_models import vae
 
 def vae_pair(size: str = "full", seed: int = 0):
@@ -38,6 +42,18 @@ def vae_pair(size: str = "full", seed: int = 0):
     return prepack_convolutions(ours_on_theirs()), ours_on_theirs(), theirs
 
 
+def prepack_copy(plain, dtype: torch.dtype):
+    """A prepacked copy of ``plain`` in ``dtype`` (as the loaders leave a VAE loaded in that dtype)."""
+    from diffusion_notes.models.prepacked import prepack_convolutions
+
+    return prepack_convolutions(copy.deepcopy(plain).to(dtype))
+
+
+def decode(vae, z: torch.Tensor) -> torch.Tensor:
+    """``vae.decode`` of ``z`` in the VAE's dtype, as float32."""
+    return vae.decode(z.to(next(vae.parameters()).dtype)).float()
+
+
 def relative_error(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
@@ -50,18 +66,24 @@ def main(argv=None) -> str:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: every core)")
     p.add_argument("--plain", action="store_true", help="also time ours with plain nn.Conv2d")
+    p.add_argument("--precisions", nargs="+", default=["fp32"],
+                   help="ours in fp32, bf16, default (this CPU's default dtype); diffusers stays fp32")
     args = p.parse_args(argv)
     configure_threads(args.threads)
     ours, plain, theirs = vae_pair(args.size)
     factor = 2 ** (len(theirs.config.block_out_channels) - 1)
     contestants = {"ours": ours, **({"ours, plain nn.Conv2d": plain} if args.plain else {})}
+    for dtype in requested_dtypes(args.precisions):
+        if dtype != torch.float32:
+            default = " (our default)" if dtype == default_dtype("cpu") else ""
+            contestants[f"ours {dtype_name(dtype)}{default}"] = prepack_copy(plain, dtype)
     rows = []
     for side in args.sides:
         z = torch.randn(1, 4, side, side, generator=torch.Generator().manual_seed(1))
         with torch.inference_mode():
             reference = theirs.decode(z).sample
-            errors = {name: relative_error(vae.decode(z), reference) for name, vae in contestants.items()}
-        runs = {name: (lambda vae=vae: vae.decode(z)) for name, vae in contestants.items()}
+            errors = {name: relative_error(decode(vae, z), reference) for name, vae in contestants.items()}
+        runs = {name: (lambda vae=vae: decode(vae, z)) for name, vae in contestants.items()}
         runs["diffusers"] = lambda: theirs.decode(z).sample
         timings = alternate(runs, args.repeats, args.warmup)
         print(f"  measured {side}x{side}", flush=True)
@@ -72,7 +94,7 @@ def main(argv=None) -> str:
     out = table(["decode", "ours", "ours s", "ours spread", "diffusers s", "diffusers spread", "ours/diffusers",
                  "rel. error"], rows)
     params = sum(p.numel() for p in theirs.parameters()) / 1e6
-    print(f"VAE decode, {params:.1f}M parameters, fp32, median of {args.repeats} alternated rounds; {machine()}")
+    print(f"VAE decode, {params:.1f}M parameters, diffusers in fp32, median of {args.repeats} alternated rounds; {machine()}")
     print(out)
     return out
 

@@ -20,6 +20,7 @@ from ..models.vae import AutoencoderKL
 from ..precision import default_dtype
 from ..schedules import DIFFUSERS_NAMES, SD_BETA_RANGE, NoiseSchedule
 from . import diffusers_layout as layout
+from .background_import import import_in_background
 from .building import (DIFFUSERS_PREDICTION, LoadedParts, build, build_clip, check_schedule_values, place,
                        prediction_name)
 from .hub import resolve_folder
@@ -63,10 +64,13 @@ def load_diffusers_folder(folder_or_hub_id, torch_dtype: torch.dtype | None = No
     config = StableDiffusionConfig(family, unet_config, vae_config, prediction_name(prediction), float(scale))
     dtype = torch_dtype or default_dtype(device)  # weights are converted as read (checkpoints.io)
     unet_weights, vae_weights = weights_file(root / "unet"), weights_file(root / "vae")
+    importing = import_in_background()  # transformers' CLIP, on a second core while the weights are read
     unet_sd = _parsed(unet_weights, lambda w: layout.unet_from_diffusers(w, unet_config),
                       load_state_dict(unet_weights, dtype=dtype), unet_path)
     vae_sd = _parsed(vae_weights, lambda w: layout.vae_from_diffusers(w, vae_config),
                      load_state_dict(vae_weights, dtype=dtype), vae_path)
+    if importing is not None:
+        importing.join()
     unet = build(UNetModel, unet_config, unet_sd, "UNet", "unet/", str(unet_path))
     vae = build(AutoencoderKL, vae_config, vae_sd, "VAE", "vae/", str(vae_path))
     parts = LoadedParts(config, unet, vae, _folder_prompt_encoder(root, family, dtype),

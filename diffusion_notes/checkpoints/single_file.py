@@ -24,6 +24,7 @@ from ..precision import default_dtype
 from ..schedules import NoiseSchedule
 from . import detect
 from .consistency import check_sibling_sizes
+from .background_import import import_in_background
 from .building import LoadedParts, build, build_clip, clip_state_dict, place, prediction_name, token_ids
 from .io import load_state_dict, refuse_existing, save_state_dict
 from .key_layout import EMA_PREFIX, TEXT_PREFIXES, UNET_PREFIX, VAE_PREFIX, is_openclip, pick_ema, strip_prefix
@@ -48,8 +49,11 @@ def load_single_file(path, config=None, tokenizer=None, prediction_type: str | N
     if prediction_type is not None:
         prediction_name(prediction_type)  # a bad name fails before the weights are read
     yaml = detect.read_original_yaml(config) if config is not None else detect.OriginalConfig()
+    importing = import_in_background()  # transformers' CLIP, on a second core while the weights are read
     # Converted as read, tensor by tensor (checkpoints.io); EMA copies that will not be used are never read.
     state_dict = pick_ema(load_state_dict(path, dtype=dtype, skip=None if use_ema else _is_unused_ema), use_ema)
+    if importing is not None:
+        importing.join()
     check_sibling_sizes(state_dict, path)
     try:
         arch = detect.detect_architecture(state_dict)

@@ -37,10 +37,12 @@ def test_vae_decode_benchmark_prints_its_table():
     from benchmarks import vae_decode
 
     out = vae_decode.main(["--size", "tiny", "--sides", "4", "--repeats", "1", "--warmup", "0", "--threads", "1",
-                           "--plain"])
+                           "--plain", "--precisions", "fp32", "bf16"])
     rows = _rows(out)
-    assert [row[1] for row in rows] == ["ours", "ours, plain nn.Conv2d"] and rows[0][0] == "1x4x4x4 -> 8x8"
+    assert [row[1].split(" (")[0] for row in rows] == ["ours", "ours, plain nn.Conv2d", "ours bf16"]
+    assert rows[0][0] == "1x4x4x4 -> 8x8"
     assert float(rows[0][-1]) < 1e-5 and float(rows[1][-1]) < 1e-5  # the same tensors: the same image
+    assert 0 < float(rows[2][-1]) < 5e-2  # bf16 rounding, no more
 
 
 def test_sampler_overhead_benchmark_covers_every_registered_sampler():
@@ -92,10 +94,14 @@ def test_unet_flops_benchmark_counts_work_and_profiles_it():
     from benchmarks import unet_flops
 
     out = unet_flops.main(["--size", "tiny", "--sides", "8", "--precisions", "fp32", "--repeats", "1",
-                           "--warmup", "0", "--gemm", "256", "--threads", "1"])
-    work, profile = out.split("\n\n")
+                           "--warmup", "0", "--gemm", "256", "--threads", "1", "--against-diffusers"])
+    work, profile, comparison = out.split("\n\n")
     rows = _rows(work)
     assert rows[0][0] == "2x4x8x8" and rows[0][1].split()[0] == "fp32"
     assert float(rows[0][2]) > 0 and rows[0][-1].endswith("%")
     shares = [float(part.split()[-1].rstrip("%")) for part in _rows(profile)[0][2].split(", ")]
     assert "convolution" in _rows(profile)[0][2] and abs(sum(shares) - 100) <= len(shares)  # shares add up to all
+    classes = _rows(comparison.split(":\n", 1)[1])
+    assert classes[-1][0] == "all" and "convolution" in [row[0] for row in classes]
+    ours, theirs = (sum(float(row[i]) for row in classes[:-1]) for i in (1, 2))
+    assert ours == pytest.approx(float(classes[-1][1]), abs=0.01) and theirs == pytest.approx(float(classes[-1][2]), abs=0.01)
