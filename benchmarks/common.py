@@ -7,6 +7,7 @@ diffusers is imported here, never by ``diffusion_notes``: it is the reference we
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -60,9 +61,17 @@ def timed_child(command: list[str]) -> tuple[float, float, list[str]]:
         out.seek(0)
         lines = out.read().strip().splitlines()
     code = os.waitstatus_to_exitcode(status)
-    if code != 0 or not lines:
+    if code != 0:
         raise RuntimeError(f"the child process failed (exit {code}); run `{' '.join(command)}`")
     return wall, usage.ru_maxrss / 2**20, lines  # ru_maxrss is in KiB on Linux
+
+
+def timed_child_json(command: list[str]) -> tuple[float, float, dict]:
+    """:func:`timed_child` for a child that reports as JSON on its last line: (wall, peak RSS GiB, that JSON)."""
+    wall, rss, lines = timed_child(command)
+    if not lines:
+        raise RuntimeError(f"the child printed no result; run `{' '.join(command)}`")
+    return wall, rss, json.loads(lines[-1])
 
 
 def requested_dtypes(precisions: list[str]) -> list[torch.dtype]:

@@ -89,7 +89,7 @@ def _spread(values: list[float], digits: str = ".3g") -> str:
 
 
 def run(folder: Path, rounds: int, names: list[str], until: str, side: int, steps: int, threads: int | None) -> str:
-    from .common import table, timed_child  # not at the top: a child (`one`) times its own torch import
+    from .common import table, timed_child_json  # not at the top: a child (`one`) times its own torch import
 
     results = {name: [] for name in names}
     for _ in range(rounds):
@@ -99,8 +99,7 @@ def run(folder: Path, rounds: int, names: list[str], until: str, side: int, step
                        "--until", until, "--side", str(side), "--steps", str(steps)]
             if threads:
                 command += ["--threads", str(threads)]
-            wall, rss, lines = timed_child(command)
-            results[name].append((wall, rss, json.loads(lines[-1])))
+            results[name].append(timed_child_json(command))
     reference = results.get("diffusers fp32")
     ref_wall = statistics.median(w for w, _, _ in reference) if reference else None
     ref_rss = statistics.median(r for _, r, _ in reference) if reference else None

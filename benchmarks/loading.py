@@ -95,10 +95,10 @@ def _child(name: str, folder: Path, side: int, threads: int | None) -> tuple[dic
     command = [sys.executable, "-m", "benchmarks.loading", "one", library, precision, str(folder), "--side", str(side)]
     if threads:
         command += ["--threads", str(threads)]
-    from .common import timed_child
+    from .common import timed_child_json
 
-    _, rss, lines = timed_child(command)
-    return json.loads(lines[-1]), rss
+    _, rss, result = timed_child_json(command)
+    return result, rss
 
 
 def run(folder: Path, rounds: int, names: list[str], side: int, threads: int | None) -> str:

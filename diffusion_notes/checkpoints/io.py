@@ -157,24 +157,29 @@ def _describe(head: bytes) -> str:
 
 def _read_safetensors(path: Path, header: SafetensorsHeader, device: torch.device, dtype: torch.dtype | None,
                       skip: Callable[[str], bool]) -> dict[str, torch.Tensor]:
-    """Each tensor read into its own buffer in file order, converted, then moved to ``device``.
+    """Each tensor read in file order, converted, then moved to ``device``.
 
     What ``safetensors.torch.load_file`` returns, without mapping the file: a mapped file's pages
-    count in the process's memory for as long as any tensor of the file lives. The header has been
-    checked (:func:`~diffusion_notes.checkpoints.safetensors_header.read_safetensors_header`): every
-    dtype is known and every byte range fits its shape and the file.
+    count in the process's memory for as long as any tensor of the file lives. A tensor that is
+    converted (or moved) is read into one reused scratch buffer, since the conversion writes a new
+    tensor anyway; one kept as stored gets a buffer of its own. The header has been checked
+    (:func:`~diffusion_notes.checkpoints.safetensors_header.read_safetensors_header`): every dtype is
+    known and every byte range fits its shape and the file.
     """
     entries = sorted(((name, info) for name, info in header.tensors.items() if not skip(name)),
                      key=lambda entry: entry[1]["data_offsets"][0])
-    tensors = {}
+    tensors, scratch = {}, torch.empty(0, dtype=torch.uint8)
     with open(path, "rb", buffering=0) as f:
         for name, info in entries:
             start, end = info["data_offsets"]
-            raw = torch.empty(end - start, dtype=torch.uint8)
+            stored = SAFETENSORS_DTYPES[info["dtype"]]
+            copied = device.type != "cpu" or (dtype is not None and stored.is_floating_point and stored != dtype)
+            if copied and scratch.numel() < end - start:
+                scratch = torch.empty(end - start, dtype=torch.uint8)
+            raw = scratch[: end - start] if copied else torch.empty(end - start, dtype=torch.uint8)
             f.seek(header.data_start + start)
             _read_exactly(f, memoryview(raw.numpy()), path)
-            tensor = raw.view(SAFETENSORS_DTYPES[info["dtype"]]).reshape(info["shape"])
-            tensors[name] = _converted(tensor, dtype).to(device)
+            tensors[name] = _converted(raw.view(stored).reshape(info["shape"]), dtype).to(device)
     return tensors
 
 

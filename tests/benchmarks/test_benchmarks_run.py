@@ -105,3 +105,17 @@ def test_unet_flops_benchmark_counts_work_and_profiles_it():
     assert classes[-1][0] == "all" and "convolution" in [row[0] for row in classes]
     ours, theirs = (sum(float(row[i]) for row in classes[:-1]) for i in (1, 2))
     assert ours == pytest.approx(float(classes[-1][1]), abs=0.01) and theirs == pytest.approx(float(classes[-1][2]), abs=0.01)
+
+
+def test_a_child_that_prints_nothing_is_timed_and_one_that_fails_is_reported():
+    import sys
+
+    from benchmarks.common import timed_child, timed_child_json
+
+    wall, rss, lines = timed_child([sys.executable, "-c", "pass"])  # the miniature's bare-import baseline is silent
+    assert wall > 0 and rss > 0 and lines == []
+    with pytest.raises(RuntimeError, match="printed no result"):
+        timed_child_json([sys.executable, "-c", "pass"])
+    with pytest.raises(RuntimeError, match="exit 3"):
+        timed_child([sys.executable, "-c", "raise SystemExit(3)"])
+    assert timed_child_json([sys.executable, "-c", "print('x'); print('{\"a\": 1}')"])[2] == {"a": 1}
