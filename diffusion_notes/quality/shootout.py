@@ -159,9 +159,10 @@ def compare_cells(outdir, manifest, a: dict, b: dict, n_resamples: int = 200):
             raise ValueError(f"{where} selects {len(cells)} cells, not one")
         chosen.sort(key=lambda j: j.seed)
         images = np.concatenate([sweep.read_images(Path(outdir) / "images" / f"{sweep.job_hash(j)}.png", j) for j in chosen])
-        return digit_features(sweep._as_judge_input(images)), [j.seed for j in chosen]
+        return digit_features(sweep._as_judge_input(images)), [j.seed for j in chosen], chosen[0].size
 
-    (fa, seeds_a), (fb, seeds_b) = features(a), features(b)
-    if seeds_a != seeds_b or fa.shape != fb.shape:
-        raise ValueError("the two cells do not share seeds and image counts: their images are not paired")
-    return paired_bootstrap(lambda f: fd_digits(features=f), fa, fb, n_resamples=n_resamples)
+    (fa, seeds_a, size), (fb, seeds_b, size_b) = features(a), features(b)
+    if seeds_a != seeds_b or fa.shape != fb.shape or size != size_b:
+        raise ValueError("the two cells do not share seeds, image counts and image size: their images are not paired")
+    # the reference as the cells' model saw it (32: the miniature's upsampled digits), as in the sweep's own tables
+    return paired_bootstrap(lambda f: fd_digits(features=f, size=size), fa, fb, n_resamples=n_resamples)

@@ -1,24 +1,56 @@
-"""Paired comparisons of docs/quality.md: ``PYTHONPATH=. python docs/quality/paired.py [SWEEP_OUT]`` (default
-/tmp/shootout/out, the folder the shoot-out's sweep wrote; its images are not committed, re-run the sweep to make them)."""
+"""Paired comparisons of docs/quality.md: ``PYTHONPATH=. python docs/quality/paired.py digits|mini-sd [SWEEP_OUT]``.
+
+SWEEP_OUT is the folder the shoot-out's sweep wrote (default /tmp/shootout/out for ``digits``, /tmp/grid/out for
+``mini-sd``); its images are not committed, re-run the sweep to make them."""
 import sys
 
 from diffusion_notes.quality.shootout import compare_cells
 
-M, OUT = "docs/quality/shootout.yaml", sys.argv[1] if len(sys.argv) > 1 else "/tmp/shootout/out"
-G = dict(guidance=2.0)
-pairs = [
-    (dict(sampler="dpmpp_2m", nfe=10, sigma_schedule="karras", **G), dict(sampler="ddim", nfe=10, **G)),
-    (dict(sampler="dpmpp_2m", nfe=10, sigma_schedule="karras", **G), dict(sampler="euler", nfe=10, sigma_schedule="default", **G)),
-    (dict(sampler="dpmpp_2m", nfe=10, sigma_schedule="karras", **G), dict(sampler="unipc", nfe=10, sigma_schedule="karras", **G)),
-    (dict(sampler="ddim", nfe=5, **G), dict(sampler="ddpm", nfe=5, **G)),
-    (dict(sampler="dpmpp_2m_sde", nfe=50, sigma_schedule="default", **G), dict(sampler="euler", nfe=50, sigma_schedule="default", **G)),
-    (dict(sampler="ddpm", nfe=50, **G), dict(sampler="ddim", nfe=50, **G)),
-    (dict(sampler="euler_a", nfe=50, sigma_schedule="default", **G), dict(sampler="euler", nfe=50, sigma_schedule="default", **G)),
-    (dict(sampler="dpmpp_2s_a", nfe=49, sigma_schedule="default", **G), dict(sampler="lms", nfe=50, sigma_schedule="default", **G)),
-]
+
+def cell(sampler, nfe, guidance, sigma_schedule="default"):
+    return dict(sampler=sampler, nfe=nfe, guidance=guidance, sigma_schedule=sigma_schedule)
+
+
+G, U = 2.0, 1.0
+SETS = {
+    "digits": ("docs/quality/shootout.yaml", "/tmp/shootout/out", [
+        (cell("dpmpp_2m", 10, G, "karras"), cell("ddim", 10, G)),
+        (cell("dpmpp_2m", 10, G, "karras"), cell("euler", 10, G)),
+        (cell("dpmpp_2m", 10, G, "karras"), cell("unipc", 10, G, "karras")),
+        (cell("ddim", 5, G), cell("ddpm", 5, G)),
+        (cell("dpmpp_2m_sde", 50, G), cell("euler", 50, G)),
+        (cell("ddpm", 50, G), cell("ddim", 50, G)),
+        (cell("euler_a", 50, G), cell("euler", 50, G)),
+        (cell("dpmpp_2s_a", 49, G), cell("lms", 50, G)),
+    ]),
+    "mini-sd": ("docs/quality/shootout_mini_sd_grid.yaml", "/tmp/grid/out", [
+        (cell("dpmpp_2m", 5, G), cell("ddim", 5, G)),
+        (cell("unipc", 5, G), cell("dpmpp_2m", 5, G)),
+        (cell("dpmpp_2m", 5, G, "karras"), cell("dpmpp_2m", 5, G)),
+        (cell("ddim", 5, G), cell("euler", 5, G)),
+        (cell("dpmpp_2m_sde", 8, G), cell("dpmpp_2m", 8, G)),
+        (cell("dpmpp_2m_sde", 20, G), cell("ddim", 20, G)),
+        (cell("heun", 9, G), cell("euler", 10, G)),
+        (cell("euler_a", 50, G), cell("euler", 50, G)),
+        (cell("ddpm", 50, G), cell("ddim", 50, G)),
+        (cell("dpmpp_2m_sde", 20, U), cell("dpmpp_2m", 20, U)),
+        (cell("ddpm", 50, U), cell("ddim", 50, U)),
+        (cell("euler_a", 50, U), cell("euler", 50, U)),
+        (cell("lms", 5, U), cell("ddim", 5, U)),
+        (cell("euler", 5, U), cell("euler", 50, U)),
+    ]),
+}
+
+
 def name(w):
-    return f"{w['sampler']}{' Karras' if w.get('sigma_schedule') == 'karras' else ''} @{w['nfe']}"
-print("| A | B | FD-digits(A) - FD-digits(B) | paired sd | apart by > 2 sd |\n|---|---|---|---|---|")
-for a, b in pairs:
-    r = compare_cells(OUT, M, a, b)
-    print(f"| {name(a)} | {name(b)} | {r.value:+.2f} | {r.std:.2f} | {'yes' if abs(r.value) > 2 * r.std else 'no'} |")
+    guidance = "" if w["guidance"] == G else f", guidance {w['guidance']:g}"
+    return f"{w['sampler']}{' Karras' if w['sigma_schedule'] == 'karras' else ''} @{w['nfe']}{guidance}"
+
+
+if __name__ == "__main__":
+    manifest, out, pairs = SETS[sys.argv[1] if len(sys.argv) > 1 else "digits"]
+    out = sys.argv[2] if len(sys.argv) > 2 else out
+    print("| A | B | FD-digits(A) - FD-digits(B) | paired sd | apart by > 2 sd |\n|---|---|---|---|---|")
+    for a, b in pairs:
+        r = compare_cells(out, manifest, a, b)
+        print(f"| {name(a)} | {name(b)} | {r.value:+.2f} | {r.std:.2f} | {'yes' if abs(r.value) > 2 * r.std else 'no'} |")

@@ -179,10 +179,12 @@ def test_miniature_job_round_trips_through_its_png(tmp_path):
     assert 0 <= record["judge_agreement"] <= 1
 
 
-def test_paired_comparison_of_two_cells(tmp_path):
+@pytest.mark.parametrize("model", ["digits", "mini-sd"])
+def test_paired_comparison_of_two_cells(tmp_path, model):
     from diffusion_notes.quality.shootout import compare_cells
 
-    jobs = [{"model": "digits", "sampler": s, "steps": 4, "seed": seed, "num_images": 10} for s in ("ddim", "euler") for seed in (0, 1)]
+    # its value is the difference of the two cells' own FD-digits, each against the reference at its model's size
+    jobs = [{"model": model, "sampler": s, "steps": 4, "seed": seed, "num_images": 10} for s in ("ddim", "euler") for seed in (0, 1)]
     manifest = write_manifest(tmp_path / "m.jsonl", jobs)
     sweep.run_sweep(sweep.validate_manifest(manifest), tmp_path / "out", progress=False)
     cells = sweep.collect(sweep.validate_manifest(manifest), tmp_path / "out", n_resamples=5)["cells"]
