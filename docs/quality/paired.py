@@ -27,6 +27,8 @@ SETS = {
         (cell("dpmpp_2m", 5, G), cell("ddim", 5, G)),
         (cell("unipc", 5, G), cell("dpmpp_2m", 5, G)),
         (cell("dpmpp_2m", 5, G, "karras"), cell("dpmpp_2m", 5, G)),
+        (cell("dpmpp_2m", 5, G, "exponential"), cell("dpmpp_2m", 5, G)),
+        (cell("euler", 5, G, "exponential"), cell("euler", 5, G)),
         (cell("ddim", 5, G), cell("euler", 5, G)),
         (cell("dpmpp_2m_sde", 8, G), cell("dpmpp_2m", 8, G)),
         (cell("dpmpp_2m_sde", 20, G), cell("ddim", 20, G)),
@@ -44,7 +46,8 @@ SETS = {
 
 def name(w):
     guidance = "" if w["guidance"] == G else f", guidance {w['guidance']:g}"
-    return f"{w['sampler']}{' Karras' if w['sigma_schedule'] == 'karras' else ''} @{w['nfe']}{guidance}"
+    schedule = {"default": "", "karras": " Karras", "exponential": " exponential"}[w["sigma_schedule"]]
+    return f"{w['sampler']}{schedule} @{w['nfe']}{guidance}"
 
 
 if __name__ == "__main__":
